@@ -1,0 +1,154 @@
+"""A thin command line over the Python API (bench.runner, protocols.build, reports)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from bench import profiles
+
+EPILOG = """examples:
+  python -m bench run --table warm                      # cpu profile, embedded ML-100K
+  python -m bench run --table cold --profile smoke --out /tmp/smoke
+  python -m bench protocol build --dataset ml-100k --setting warm --seed 0 --out data/warm
+  python -m bench report --out runs/default --table warm --reference paper
+  python -m bench list-systems
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bench", epilog=EPILOG, formatter_class=argparse.RawTextHelpFormatter,
+        description="Benchmark harness for LLM-based recommendation: every system ranks the "
+                    "same 1 positive + 29 negative candidates per user.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="train and score every system of a table, then render it",
+                         formatter_class=argparse.RawTextHelpFormatter)
+    run.add_argument("--table", required=True, choices=list(profiles.TABLE_SETTINGS),
+                     help="warm: leave-one-out; cold: new-item test; fewshot: 10/20/30%% "
+                          "of training samples")
+    run.add_argument("--profile", default="cpu", choices=list(profiles.PROFILES),
+                     help="smoke: minutes, for tests; cpu (default): ML-100K on 2 cores; "
+                          "paper: the paper's datasets and settings, for GPUs")
+    run.add_argument("--datasets", type=_csv, help="comma-separated (default: the profile's)")
+    run.add_argument("--systems", type=_csv, help="comma-separated (default: the profile's)")
+    run.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)],
+                     help="comma-separated integers (default: the profile's)")
+    run.add_argument("--out", default="runs/default", help="results directory (cache)")
+    run.add_argument("--force", action="store_true", help="recompute cached cells")
+    run.add_argument("--reference", choices=["paper"],
+                     help="add the paper's published numbers, labelled as such")
+    run.add_argument("--data-path", help="directory of the dataset's files (one dataset)")
+
+    rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
+    rep.add_argument("--out", default="runs/default")
+    rep.add_argument("--table", choices=list(profiles.TABLE_SETTINGS),
+                     help="default: every table with stored cells")
+    rep.add_argument("--reference", choices=["paper"])
+
+    sub.add_parser("list-systems", help="built-in systems and installed plugins")
+
+    proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    b = proto.add_parser("build", help="write the split and 1+29 candidate files")
+    b.add_argument("--dataset", required=True, help="ml-100k (embedded), ml-1m, ml-10m, "
+                   "amazon2014-<Category>, amazon2018-<Category>, or any name with --data-path")
+    b.add_argument("--setting", required=True,
+                   choices=["warm", "cold", "fewshot-10", "fewshot-20", "fewshot-30"])
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    b.add_argument("--data-path", help="directory with the raw files / RecBole atomic files")
+    b.add_argument("--kcore", type=int, default=5, help="k-core filter (default 5)")
+    b.add_argument("--general-fraction", type=float, default=0.5,
+                   help="share of users moved to the domain-general corpus (default 0.5)")
+    b.add_argument("--cold-fraction", type=float, default=0.1,
+                   help="share of items made new in the cold setting (default 0.1)")
+    b.add_argument("--max-users", type=int, help="seeded user subsample per part")
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(
+        dest="action", required=True, metavar="ACTION")
+    d = data.add_parser("download", help="download a dataset (needs internet)")
+    d.add_argument("name", help="ml-1m, ml-10m, amazon2014-<Category>, ...")
+    d.add_argument("--dest", help="default: $MOLOREC_BENCH_DATA or ~/.cache/molorec-bench/data")
+    d.add_argument("--base-url", help=argparse.SUPPRESS)
+    return p
+
+
+def _cmd_run(a: argparse.Namespace) -> int:
+    from bench.runner import run_table
+
+    res = run_table(a.table, a.profile, a.out, a.datasets, a.systems, a.seeds, a.force,
+                    a.reference, a.data_path)
+    print(res.markdown)
+    for kind, path in res.paths.items():
+        print(f"wrote {kind}: {path}")
+    print(f"wall time: {res.seconds:.0f} s")
+    return 0
+
+
+def _cmd_report(a: argparse.Namespace) -> int:
+    from bench.report import rebuild
+
+    for paths in rebuild(Path(a.out), a.table, a.reference):
+        print(paths["md"].read_text())
+        for kind, path in paths.items():
+            print(f"wrote {kind}: {path}")
+    return 0
+
+
+def _cmd_list(_: argparse.Namespace) -> int:
+    from bench import registry
+
+    builtin = set(registry.BUILTIN)
+    for name, target in registry.available().items():
+        origin = "built-in" if name in builtin else "plugin"
+        print(f"{name:12s} {origin:8s} {target}")
+    return 0
+
+
+def _cmd_protocol(a: argparse.Namespace) -> int:
+    from protocols.build import build_protocol
+
+    m = build_protocol(a.dataset, a.setting, a.seed, a.out, data_path=a.data_path,
+                       kcore=a.kcore, general_fraction=a.general_fraction,
+                       cold_fraction=a.cold_fraction, max_users=a.max_users)
+    print(json.dumps({"out": a.out, "counts": m["counts"],
+                      "candidates_sha256": m["candidates_sha256"]}, indent=2))
+    return 0
+
+
+def _cmd_data(a: argparse.Namespace) -> int:
+    from protocols.datasets import data_home
+    from protocols.download import download_dataset
+
+    path = download_dataset(a.name, Path(a.dest) if a.dest else data_home(),
+                            base_url=a.base_url)
+    print(f"downloaded {a.name} to {path}")
+    return 0
+
+
+COMMANDS = {"run": _cmd_run, "report": _cmd_report, "list-systems": _cmd_list,
+            "protocol": _cmd_protocol, "data": _cmd_data}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from bench.registry import UnknownSystem
+    from protocols.errors import ProtocolError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ProtocolError, UnknownSystem) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

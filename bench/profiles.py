@@ -1,0 +1,53 @@
+"""Run profiles: which datasets, seeds and protocol options a table uses.
+
+Each system carries its own per-profile settings (`System.profiles`); a profile here only
+says what data it runs on, so plugins need no change to the harness.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+TABLE_SETTINGS = {
+    "warm": ("warm",),
+    "cold": ("cold",),
+    "fewshot": ("fewshot-10", "fewshot-20", "fewshot-30"),
+}
+
+TABLE_TITLES = {"warm": "Warm-start", "cold": "New-item (cold-start)", "fewshot": "Few-shot"}
+
+DEFAULT_SYSTEMS = (
+    "Random", "Pop", "BPR-MF", "GRU4Rec", "SASRec", "FMLP-Rec",
+)
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    systems: tuple[str, ...] = DEFAULT_SYSTEMS
+    protocol: dict = field(default_factory=dict)  # build_protocol keyword options
+    note: str = ""
+
+
+PROFILES = {
+    "smoke": Profile(
+        "smoke", ("ml-100k",), (0,), protocol={"max_users": 80},
+        note="the cpu path cut down (80 users per part, tiny models) for end-to-end tests"),
+    "cpu": Profile(
+        "cpu", ("ml-100k",), (0,),
+        note="embedded MovieLens-100K, sized for a 2-core machine"),
+    "paper": Profile(
+        "paper",
+        ("amazon2014-Beauty", "amazon2014-Toys_and_Games", "amazon2014-Sports_and_Outdoors",
+         "ml-1m"),
+        (0, 1, 2),
+        note="the paper's datasets and settings, for GPU machines (download first)"),
+}
+
+
+def get(name: str) -> Profile:
+    if name not in PROFILES:
+        raise KeyError(f"unknown profile {name!r}; use one of {', '.join(PROFILES)}")
+    return PROFILES[name]

@@ -1,0 +1,141 @@
+"""`bench protocol build`: from a raw dataset to the protocol files every system ranks.
+
+Pipeline: load -> clean titles -> drop repeated (user, item) pairs -> seeded user-disjoint
+general/specific partition -> k-core each part -> chronological order -> split
+(warm / cold / few-shot) -> sample 1+29 candidates for validation and test -> write.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from protocols import filtering, splits
+from protocols.datasets import load_dataset, source_files
+from protocols.errors import ProtocolError
+from protocols.files import FILES, atomic_dir, candidates_sha256, sha256_file
+from protocols.interactions import Interactions
+from protocols.sampling import candidate_rows, sample_negatives
+
+FORMAT = "molorec-bench-protocol/1"
+N_NEGATIVES = 29
+
+
+def _quoted(ids: np.ndarray) -> np.ndarray:
+    return np.array([json.dumps(str(x), ensure_ascii=False) for x in ids], dtype=object)
+
+
+def _seq_lines(users_q: np.ndarray, items_q: np.ndarray, rag: splits.Ragged,
+               targets: list[np.ndarray] | None) -> str:
+    out = []
+    for n, u in enumerate(rag.users):
+        seq = ", ".join(items_q[rag.row(n)])
+        line = f'{{"user": {users_q[u]}, "items": [{seq}]'
+        if targets is not None:
+            line += f', "targets": [{", ".join(map(str, targets[n].tolist()))}]'
+        out.append(line + "}\n")
+    return "".join(out)
+
+
+def _cand_lines(users_q, items_q, part: splits.EvalPart, cands: np.ndarray) -> str:
+    return "".join(
+        f'{{"user": {users_q[u]}, "positive": {items_q[p]}, '
+        f'"candidates": [{", ".join(items_q[row])}]}}\n'
+        for u, p, row in zip(part.users, part.positives, cands, strict=True)
+    )
+
+
+def _general_ragged(general: Interactions, target_ids: np.ndarray, drop_items: set[str]
+                    ) -> tuple[splits.Ragged, np.ndarray]:
+    """General corpus as ragged rows over a shared item-id table (target ids first)."""
+    keep = np.ones(len(general), dtype=bool)
+    if drop_items:
+        banned = np.array([i in drop_items for i in general.item_ids], dtype=bool)
+        keep = ~banned[general.item]
+    lengths = np.bincount(general.user[keep], minlength=len(general.user_ids))
+    keep &= lengths[general.user] >= 2
+    rag = splits._ragged(general.user, general.item, keep)
+    return rag, general.item_ids
+
+
+def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
+                   data_path: str | Path | None = None, kcore: int = 5,
+                   general_fraction: float = 0.5, cold_fraction: float = 0.1,
+                   max_users: int | None = None) -> dict[str, Any]:
+    """Build one protocol directory and return its manifest."""
+    if setting not in splits.SETTINGS:
+        raise ProtocolError(f"unknown setting {setting!r}; use one of {', '.join(splits.SETTINGS)}")
+    if not 0 < general_fraction < 1:
+        raise ProtocolError("--general-fraction must be between 0 and 1")
+    raw = load_dataset(dataset, data_path)
+    inter = filtering.drop_repeats(filtering.clean_titles(raw))
+    general, target = filtering.split_users(inter, general_fraction, seed)
+    if max_users:
+        general = filtering.sample_users(general, max_users, seed)
+        target = filtering.sample_users(target, max_users, seed)
+    general = filtering.chronological(filtering.k_core(general, kcore))
+    target = filtering.chronological(filtering.k_core(target, kcore))
+    if len(target) == 0:
+        raise ProtocolError(f"no interactions left after {kcore}-core filtering of {dataset}")
+
+    if setting == "warm":
+        split = splits.warm(target)
+    elif setting == "cold":
+        split = splits.cold(target, cold_fraction, seed, N_NEGATIVES)
+    else:
+        split = splits.fewshot(target, splits.FEWSHOT[setting], seed)
+
+    n_items = len(target.item_ids)
+    seen = np.unique(target.user.astype(np.int64) * n_items + target.item)
+    negs = {}
+    for name, part, stream in (("valid", split.valid, 201), ("test", split.test, 202)):
+        rng = np.random.default_rng([seed, stream])
+        neg = sample_negatives(rng, part.users, part.pool, seen, n_items, N_NEGATIVES,
+                               target.user_ids)
+        negs[name] = candidate_rows(rng, part.positives, neg)
+
+    cold_ids = set(target.item_ids[split.cold_items]) if split.cold_items is not None else set()
+    grag, gitem_ids = _general_ragged(general, target.item_ids, cold_ids)
+
+    users_q = _quoted(target.user_ids)
+    items_q = _quoted(target.item_ids)
+    texts = {
+        "train.jsonl": _seq_lines(users_q, items_q, split.train, split.targets),
+        "general.jsonl": _seq_lines(_quoted(general.user_ids), _quoted(gitem_ids), grag, None),
+        "valid_candidates.jsonl": _cand_lines(users_q, items_q, split.valid, negs["valid"]),
+        "test_candidates.jsonl": _cand_lines(users_q, items_q, split.test, negs["test"]),
+    }
+    mentioned = set(target.item_ids[np.unique(np.concatenate(
+        [split.train.items, negs["valid"].ravel(), negs["test"].ravel()]))])
+    mentioned |= set(gitem_ids[np.unique(grag.items)])
+    titles = inter.titles
+    ordered = sorted(mentioned, key=lambda i: (len(i), i))
+    texts["items.jsonl"] = "".join(
+        json.dumps({"item": i, "title": titles[i]}, ensure_ascii=False) + "\n" for i in ordered)
+
+    counts = {
+        "items": len(ordered), "target_users": len(target.user_ids),
+        "target_items": n_items, "target_interactions": len(target),
+        "train_users": len(split.train.users), "train_interactions": len(split.train.items),
+        "general_users": len(grag.users), "general_interactions": len(grag.items),
+        "valid_users": len(split.valid.users), "test_users": len(split.test.users),
+        **{k: int(v) for k, v in inter.stats.items()}, **split.counts,
+    }
+    manifest: dict[str, Any] = {
+        "format": FORMAT, "dataset": dataset, "setting": setting, "seed": seed,
+        "options": {"kcore": kcore, "general_fraction": general_fraction,
+                    "cold_fraction": cold_fraction, "max_users": max_users,
+                    "negatives": N_NEGATIVES},
+        "source": {p.name: sha256_file(p) for p in source_files(dataset, data_path)},
+        "counts": counts,
+    }
+    with atomic_dir(Path(out)) as tmp:
+        for name in FILES:
+            (tmp / name).write_text(texts[name], encoding="utf-8")
+        manifest["files"] = {name: sha256_file(tmp / name) for name in FILES}
+        manifest["candidates_sha256"] = candidates_sha256(manifest["files"])
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest

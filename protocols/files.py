@@ -1,0 +1,174 @@
+"""Reading and writing a protocol directory (the file contract other tools rely on).
+
+Files: items.jsonl, train.jsonl, general.jsonl, valid_candidates.jsonl,
+test_candidates.jsonl, manifest.json. Writes go to a sibling temporary directory that
+is renamed into place, so a crash never leaves a half-written protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.api import ScoreRequest, TrainData, UserSequence, Validation
+from protocols.errors import ProtocolError
+
+FILES = ("items.jsonl", "train.jsonl", "general.jsonl", "valid_candidates.jsonl",
+         "test_candidates.jsonl")
+CANDIDATE_FILES = ("valid_candidates.jsonl", "test_candidates.jsonl")
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def candidates_sha256(file_hashes: dict[str, str]) -> str:
+    """One hash for the candidate files: sha256 of 'name sha\\n' lines, valid then test."""
+    text = "".join(f"{name} {file_hashes[name]}\n" for name in CANDIDATE_FILES)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@contextmanager
+def atomic_dir(out: Path) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `out` only if the block succeeds."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+            os.replace(out, old / "x")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write a file via a temporary sibling and rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def read_jsonl(path: Path, check: Callable[[dict[str, Any]], None] | None = None
+               ) -> list[dict[str, Any]]:
+    """Parse a JSON-lines file; errors name the file and line."""
+    rows = []
+    try:
+        f = open(path, encoding="utf-8")
+    except FileNotFoundError:
+        raise ProtocolError("file not found", path) from None
+    with f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError("expected a JSON object")
+                if check:
+                    check(row)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ProtocolError(f"malformed line: {e}", path, n) from None
+            rows.append(row)
+    return rows
+
+
+def _check_sequence(row: dict) -> None:
+    if not isinstance(row["user"], str) or not isinstance(row["items"], list):
+        raise ValueError("need 'user' (string) and 'items' (list)")
+
+
+def _check_candidates(row: dict) -> None:
+    if row["positive"] not in row["candidates"]:
+        raise ValueError("the positive is not among the candidates")
+
+
+@dataclass(frozen=True)
+class ProtocolFiles:
+    """A loaded protocol directory."""
+
+    root: Path
+    manifest: dict[str, Any]
+    data: TrainData
+    valid: Validation
+    test_requests: tuple[ScoreRequest, ...]
+    _test_positives: tuple[str, ...]
+
+    @property
+    def candidates_sha256(self) -> str:
+        return self.manifest["candidates_sha256"]
+
+    def test_positives(self) -> tuple[str, ...]:
+        """Labels for the harness's metric step, read only after a system has scored."""
+        return self._test_positives
+
+
+def _sequences(rows: list[dict]) -> tuple[UserSequence, ...]:
+    return tuple(
+        UserSequence(r["user"], tuple(r["items"]),
+                     tuple(r["targets"]) if r.get("targets") is not None else None)
+        for r in rows
+    )
+
+
+def load_protocol(root: Path) -> ProtocolFiles:
+    """Read a directory written by `bench protocol build`, checking the file hashes."""
+    root = Path(root)
+    mpath = root / "manifest.json"
+    try:
+        manifest = json.loads(mpath.read_text())
+    except FileNotFoundError:
+        raise ProtocolError("no manifest.json: not a protocol directory", mpath) from None
+    except ValueError as e:
+        raise ProtocolError(f"malformed JSON: {e}", mpath) from None
+    for name in FILES:
+        want = manifest.get("files", {}).get(name)
+        if want is None or sha256_file(root / name) != want:
+            raise ProtocolError("file does not match the sha256 in manifest.json", root / name)
+    titles = {r["item"]: r["title"] for r in read_jsonl(root / "items.jsonl")}
+    train = _sequences(read_jsonl(root / "train.jsonl", _check_sequence))
+    general = _sequences(read_jsonl(root / "general.jsonl", _check_sequence))
+    history = {s.user: s.items for s in train}
+    valid_rows = read_jsonl(root / "valid_candidates.jsonl", _check_candidates)
+    test_rows = read_jsonl(root / "test_candidates.jsonl", _check_candidates)
+    valid_pos = {r["user"]: r["positive"] for r in valid_rows}
+    valid = Validation(
+        tuple(ScoreRequest(r["user"], history[r["user"]], tuple(r["candidates"]))
+              for r in valid_rows),
+        tuple(r["positive"] for r in valid_rows),
+    )
+    # test-time history: the training sequence plus the validation positive
+    test = tuple(
+        ScoreRequest(r["user"], history[r["user"]] + (valid_pos[r["user"]],),
+                     tuple(r["candidates"]))
+        for r in test_rows
+    )
+    data = TrainData(titles, train, general, manifest["setting"], manifest["dataset"])
+    return ProtocolFiles(root, manifest, data, valid, test,
+                         tuple(r["positive"] for r in test_rows))

@@ -1,0 +1,32 @@
+"""Shared fixtures: protocol directories built once per test session."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from protocols.build import build_protocol
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def protocol_dirs(tmp_path_factory):
+    """Embedded ML-100K, every setting, seed 0 (full size: builds take ~1 s each)."""
+    root = tmp_path_factory.mktemp("protocols")
+    out = {}
+    for setting in ("warm", "cold", "fewshot-10", "fewshot-20", "fewshot-30"):
+        build_protocol("ml-100k", setting, 0, root / setting)
+        out[setting] = root / setting
+    return out
+
+
+def write_atomic_dataset(root, inter_lines, item_lines, name="toy"):
+    """Write a tiny RecBole atomic dataset; lines exclude the header."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / f"{name}.inter").write_text(
+        "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+        + "".join(line + "\n" for line in inter_lines))
+    (root / f"{name}.item").write_text(
+        "item_id:token\ttitle:token_seq\n" + "".join(line + "\n" for line in item_lines))
+    return root

@@ -28,12 +28,15 @@ class Profile:
     seeds: tuple[int, ...]
     systems: tuple[str, ...] = DEFAULT_SYSTEMS
     protocol: dict = field(default_factory=dict)  # build_protocol keyword options
+    # one candidate file per dataset and setting, whatever the system seeds: every seed of
+    # every system ranks the same candidates
+    protocol_seed: int = 0
     note: str = ""
 
 
 PROFILES = {
     "smoke": Profile(
-        "smoke", ("ml-100k",), (0,), protocol={"max_users": 80},
+        "smoke", ("ml-100k",), (0,), protocol={"max_users": 80, "cold_fraction": 0.2},
         note="the cpu path cut down (80 users per part, tiny models) for end-to-end tests"),
     "cpu": Profile(
         "cpu", ("ml-100k",), (0,),

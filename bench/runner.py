@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from bench import profiles, registry
 from bench.api import ScoreRequest, System
-from bench.results import CellResult, load_cell, jsonl_text, metric_rows
+from bench.results import CellResult, jsonl_text, load_cell, metric_rows
 from protocols.build import build_protocol
 from protocols.files import atomic_dir, load_protocol
 
@@ -159,7 +159,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
             for seed in seeds for name in systems]
     results = []
     for dataset, setting, seed, name in tqdm(jobs, desc=f"{table} table", unit="cell"):
-        proto_dir = ensure_protocol(out, dataset, setting, seed, prof.protocol, data_path)
+        proto_dir = ensure_protocol(out, dataset, setting, prof.protocol_seed, prof.protocol,
+                                    data_path)
         cell_dir = out / "cells" / _slug(dataset) / setting / _slug(name) / f"seed-{seed}"
         res = run_cell(proto_dir, name, profile, seed, cell_dir, workdir, force, table)
         if table == "fewshot":

@@ -71,13 +71,14 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     if not 0 < general_fraction < 1:
         raise ProtocolError("--general-fraction must be between 0 and 1")
     raw = load_dataset(dataset, data_path)
-    inter = filtering.drop_repeats(filtering.clean_titles(raw))
+    # sorted once here; every later step selects with masks and so keeps this order
+    inter = filtering.drop_repeats(filtering.chronological(filtering.clean_titles(raw)))
     general, target = filtering.split_users(inter, general_fraction, seed)
     if max_users:
         general = filtering.sample_users(general, max_users, seed)
         target = filtering.sample_users(target, max_users, seed)
-    general = filtering.chronological(filtering.k_core(general, kcore))
-    target = filtering.chronological(filtering.k_core(target, kcore))
+    general = filtering.k_core(general, kcore)
+    target = filtering.k_core(target, kcore)
     if len(target) == 0:
         raise ProtocolError(f"no interactions left after {kcore}-core filtering of {dataset}")
 
@@ -129,7 +130,8 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         "options": {"kcore": kcore, "general_fraction": general_fraction,
                     "cold_fraction": cold_fraction, "max_users": max_users,
                     "negatives": N_NEGATIVES},
-        "source": {p.name: sha256_file(p) for p in source_files(dataset, data_path)},
+        "source": {p.name: sha256_file(p) for p in source_files(dataset, data_path)
+                   if p.suffix not in (".kg", ".link")},
         "counts": counts,
     }
     with atomic_dir(Path(out)) as tmp:

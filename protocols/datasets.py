@@ -57,13 +57,27 @@ def _title_field(header: list[str]) -> str | None:
     return None
 
 
-def _read_tsv(path: Path, usecols: list[str]) -> pd.DataFrame:
+def _read_tsv(path: Path, usecols: list[str], dtype: dict | type = str) -> pd.DataFrame:
+    """Tab-separated columns; ids stay strings (or categories of strings)."""
     try:
-        return pd.read_csv(path, sep="\t", usecols=usecols, dtype=str, quoting=csv.QUOTE_NONE,
-                           keep_default_na=False, na_values=[], engine="c")
+        return pd.read_csv(path, sep="\t", usecols=usecols, dtype=dtype,
+                           quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""],
+                           engine="c")
     except pd.errors.ParserError as e:
         raise ProtocolError(f"malformed line: {str(e).strip()}", path,
                             _bad_line_from_parser(e)) from None
+    except ValueError as e:  # a non-numeric value in a numeric column: find its line
+        for col, kind in (dtype.items() if isinstance(dtype, dict) else []):
+            if kind != "float64":
+                continue
+            raw = pd.read_csv(path, sep="\t", usecols=[col], dtype=str, keep_default_na=False,
+                              quoting=csv.QUOTE_NONE)[col]
+            bad = pd.to_numeric(raw, errors="coerce").isna() & (raw != "")
+            if bad.any():
+                line = int(np.argmax(bad.to_numpy())) + 2
+                raise ProtocolError(f"{col} value {raw.iat[line - 2]!r} is not a number",
+                                    path, line) from None
+        raise ProtocolError(f"cannot parse: {e}", path) from None
 
 
 def _header(path: Path) -> list[str]:
@@ -88,17 +102,17 @@ def load_atomic(root: Path, name: str | None = None) -> Interactions:
     header = _header(inter_path)
     ucol, icol = _field(header, "user_id", inter_path), _field(header, "item_id", inter_path)
     tcol = _field(header, "timestamp", inter_path)
-    df = _read_tsv(inter_path, [ucol, icol, tcol])
-    for col in (ucol, icol, tcol):
+    df = _read_tsv(inter_path, [ucol, icol, tcol], {ucol: "category", icol: "category",
+                                                     tcol: "float64"})
+    for col in (ucol, icol):
         empty = (df[col].isna() | (df[col] == "")).to_numpy()
         if empty.any():
             line = int(np.argmax(empty)) + 2
             raise ProtocolError(f"empty or missing field {col!r}", inter_path, line)
-    ts = pd.to_numeric(df[tcol], errors="coerce").to_numpy(dtype=np.float64)
+    ts = df[tcol].to_numpy(dtype=np.float64)
     if np.isnan(ts).any():
         line = int(np.argmax(np.isnan(ts))) + 2
-        raise ProtocolError(f"timestamp {df[tcol].iat[line - 2]!r} is not a number",
-                            inter_path, line)
+        raise ProtocolError(f"empty or missing field {tcol!r}", inter_path, line)
     titles: dict[str, str] = {}
     if item_path.exists():
         iheader = _header(item_path)
@@ -109,13 +123,15 @@ def load_atomic(root: Path, name: str | None = None) -> Interactions:
         titles = dict(zip(idf.iloc[:, 0], idf.iloc[:, 1], strict=True))
     else:
         raise ProtocolError("missing item file: titles are required", item_path)
-    return Interactions.from_columns(name, df[ucol].to_numpy(), df[icol].to_numpy(), ts, titles)
+    return Interactions.from_columns(name, df[ucol], df[icol], ts, titles)
 
 
 def source_files(dataset: str, data_path: str | Path | None) -> list[Path]:
     """The raw files a build reads (their hashes go into the manifest)."""
     root = Path(data_path) if data_path else _default_root(dataset)
-    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith("."))
+    skip = (".part", ".zip", ".tmp")
+    return sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith(".")
+                  and not p.name.endswith(skip) and p.name != "checksums.json")
 
 
 def _default_root(dataset: str) -> Path:

@@ -33,13 +33,12 @@ def chronological(inter: Interactions) -> Interactions:
 
 
 def drop_repeats(inter: Interactions) -> Interactions:
-    """Keep each (user, item) pair's earliest event; a ranking target must be new to the user."""
-    order = np.lexsort((inter.row, inter.timestamp, inter.item, inter.user))
-    u, i = inter.user[order], inter.item[order]
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = (u[1:] != u[:-1]) | (i[1:] != i[:-1])
-    keep = np.zeros(len(order), dtype=bool)
-    keep[order[first]] = True
+    """Keep each (user, item) pair's earliest event; a ranking target must be new to the user.
+    Expects chronological order, which it keeps."""
+    key = inter.user.astype(np.int64) * len(inter.item_ids) + inter.item
+    _, first = np.unique(key, return_index=True)  # index of the first occurrence
+    keep = np.zeros(len(key), dtype=bool)
+    keep[first] = True
     out = inter.select(keep)
     out.stats["repeated_interactions"] = int((~keep).sum())
     return out

@@ -12,6 +12,21 @@ import numpy as np
 import pandas as pd
 
 
+def _factorize(values) -> tuple[np.ndarray, np.ndarray]:
+    if isinstance(values, pd.Series) and isinstance(values.dtype, pd.CategoricalDtype):
+        cats = np.asarray(values.cat.categories.astype(str), dtype=object)
+        order = np.argsort(cats, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        codes = rank[values.cat.codes.to_numpy()]
+        used = np.unique(codes)  # drop categories that never occur
+        remap = np.full(len(order), -1, dtype=np.int64)
+        remap[used] = np.arange(len(used))
+        return remap[codes], cats[order][used]
+    codes, uniques = pd.factorize(pd.Series(values, dtype=object).astype(str), sort=True)
+    return codes, np.asarray(uniques, dtype=object)
+
+
 @dataclass
 class Interactions:
     """Timestamped (user, item) events plus item titles.
@@ -42,13 +57,13 @@ class Interactions:
         timestamps: np.ndarray,
         titles: dict[str, str],
     ) -> Interactions:
-        """Factorize string ids (sorted) into codes."""
-        ucode, uids = pd.factorize(pd.Series(users, dtype=object).astype(str), sort=True)
-        icode, iids = pd.factorize(pd.Series(items, dtype=object).astype(str), sort=True)
+        """Factorize string ids (sorted) into codes; categoricals are factorized on codes."""
+        ucode, uids = _factorize(users)
+        icode, iids = _factorize(items)
         return cls(
             name=name,
-            user_ids=np.asarray(uids, dtype=object),
-            item_ids=np.asarray(iids, dtype=object),
+            user_ids=uids,
+            item_ids=iids,
             user=ucode.astype(np.int32),
             item=icode.astype(np.int32),
             timestamp=np.asarray(timestamps, dtype=np.float64),
@@ -65,8 +80,8 @@ class Interactions:
 
     def compact(self) -> Interactions:
         """Drop ids with no events and renumber codes, still in sorted id order."""
-        used_u = np.unique(self.user)
-        used_i = np.unique(self.item)
+        used_u = np.flatnonzero(np.bincount(self.user, minlength=len(self.user_ids)))
+        used_i = np.flatnonzero(np.bincount(self.item, minlength=len(self.item_ids)))
         umap = np.full(len(self.user_ids), -1, dtype=np.int32)
         umap[used_u] = np.arange(len(used_u), dtype=np.int32)
         imap = np.full(len(self.item_ids), -1, dtype=np.int32)

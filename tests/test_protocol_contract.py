@@ -27,7 +27,8 @@ def test_files_and_manifest(protocol_dirs):
 def test_same_seed_byte_identical_other_seed_differs(protocol_dirs, tmp_path):
     build_protocol("ml-100k", "warm", 0, tmp_path / "again")
     for name in (*FILES, "manifest.json"):
-        assert (tmp_path / "again" / name).read_bytes() == (protocol_dirs["warm"] / name).read_bytes()
+        again = (tmp_path / "again" / name).read_bytes()
+        assert again == (protocol_dirs["warm"] / name).read_bytes()
     build_protocol("ml-100k", "warm", 1, tmp_path / "seed1")
     assert (tmp_path / "seed1" / "test_candidates.jsonl").read_bytes() != (
         protocol_dirs["warm"] / "test_candidates.jsonl").read_bytes()

@@ -1,0 +1,314 @@
+"""Fetch the raw dataset files (`python -m bench data download NAME`).
+
+Checksums: ml-1m carries its published sha256 (TensorFlow Datasets' url_checksums/movielens.txt)
+and both MovieLens zips carry GroupLens' published md5 (the `<zip>.md5` files beside them).
+No sha256 is published for ml-10m or the Amazon 2014 files, so theirs is None: the first
+download records the sha256 in `<dest>/<name>/checksums.json` (trust on first use) and every
+later download or hand-placed copy is verified against it.
+
+Only the standard library (urllib) and tqdm: a `.part` file is resumed with an HTTP Range
+request, verified, then renamed into place, so a final path only ever holds a checked file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import http.client
+import json
+import os
+import shutil
+import socket
+import ssl
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from tqdm import tqdm
+
+CHECKSUMS = "checksums.json"
+CHUNK = 1 << 16
+
+
+class DownloadError(RuntimeError):
+    """A dataset could not be fetched or failed verification; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    url: str
+    sha256: str | None = None
+    md5: str | None = None
+    extract: bool = False  # zip archive: unpack into the dataset folder
+
+    @property
+    def filename(self) -> str:
+        return PurePosixPath(urlsplit(self.url).path).name
+
+
+@dataclass(frozen=True)
+class Source:
+    name: str
+    files: tuple[RemoteFile, ...]
+    homepage: str
+
+
+_GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+_SNAP = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
+
+# The paper's seven general + three target e-commerce domains (Amazon 2014 5-core).
+AMAZON2014_CATEGORIES = (
+    "Beauty", "Toys_and_Games", "Sports_and_Outdoors", "Clothing_Shoes_and_Jewelry",
+    "Cell_Phones_and_Accessories", "Grocery_and_Gourmet_Food", "Health_and_Personal_Care",
+    "Home_and_Kitchen", "Pet_Supplies", "Tools_and_Home_Improvement", "Video_Games",
+)
+
+SOURCES: dict[str, Source] = {
+    "ml-1m": Source("ml-1m", (RemoteFile(
+        f"{_GROUPLENS}/ml-1m.zip",
+        sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+        md5="c4d9eecfca2ab87c1945afe126590906", extract=True),),
+        "https://grouplens.org/datasets/movielens/1m/"),
+    "ml-10m": Source("ml-10m", (RemoteFile(
+        f"{_GROUPLENS}/ml-10m.zip", md5="ce571fd55effeba0271552578f2648bd", extract=True),),
+        "https://grouplens.org/datasets/movielens/10m/"),
+}
+for _cat in AMAZON2014_CATEGORIES:
+    SOURCES[f"amazon2014-{_cat}"] = Source(
+        f"amazon2014-{_cat}",
+        (RemoteFile(f"{_SNAP}/reviews_{_cat}_5.json.gz"),
+         RemoteFile(f"{_SNAP}/meta_{_cat}.json.gz")),
+        "https://jmcauley.ucsd.edu/data/amazon/index_2014.html",
+    )
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def resolve_name(name: str) -> str:
+    """Exact or case-insensitive match, else an error with the closest names."""
+    if name in SOURCES:
+        return name
+    folded = {k.lower(): k for k in SOURCES}
+    if name.lower() in folded:
+        return folded[name.lower()]
+    close = difflib.get_close_matches(name.lower(), list(folded), n=3, cutoff=0.5)
+    hint = (f" Did you mean {', '.join(repr(folded[c]) for c in close)}?" if close
+            else f" Known: {', '.join(sorted(SOURCES))}.")
+    raise DownloadError(f"unknown dataset {name!r}.{hint}")
+
+
+def _hashes(path: Path) -> tuple[str, str]:
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            sha.update(block)
+            md5.update(block)
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def _read_recorded(folder: Path) -> dict[str, str]:
+    path = folder / CHECKSUMS
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise DownloadError(f"{path} is not valid JSON ({err}); fix or delete it") from err
+    return {k: v["sha256"] for k, v in data.items() if isinstance(v, dict) and "sha256" in v}
+
+
+def _record(folder: Path, filename: str, sha256: str, url: str) -> None:
+    path = folder / CHECKSUMS
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[filename] = {"sha256": sha256, "url": url}
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def _verify(path: Path, remote: RemoteFile, expected_sha: str | None) -> tuple[str, str | None]:
+    """(sha256, None) if the file matches every known checksum, else (sha256, what differs)."""
+    sha, md5 = _hashes(path)
+    if expected_sha is not None and sha != expected_sha:
+        return sha, f"sha256 {sha}, expected {expected_sha}"
+    if remote.md5 is not None and md5 != remote.md5:
+        return sha, f"md5 {md5}, expected {remote.md5}"
+    return sha, None
+
+
+def _unreachable(err: BaseException) -> bool:
+    """Connection-level failures (refused, DNS, unreachable, timeout), not HTTP or disk errors."""
+    if isinstance(err, urllib.error.HTTPError):
+        return False
+    if isinstance(err, urllib.error.URLError):
+        return isinstance(err.reason, OSError) and not isinstance(err.reason, ssl.SSLError)
+    return isinstance(err, (TimeoutError, socket.gaierror))
+
+
+def _manual_hint(source: Source, folder: Path) -> str:
+    urls = "\n  ".join(f.url for f in source.files)
+    return (f"To install it by hand, download on a connected machine:\n  {urls}\n"
+            f"and place the file(s) in {folder}/ (see {source.homepage}); then rerun this "
+            f"command to verify{' and unpack' if any(f.extract for f in source.files) else ''}.")
+
+
+def _url(remote: RemoteFile, base_url: str | None) -> str:
+    if base_url is None:
+        return remote.url
+    return base_url.rstrip("/") + urlsplit(remote.url).path
+
+
+# ---------------------------------------------------------------- transfer
+
+
+def _fetch(url: str, part: Path, timeout: float, progress: bool, label: str) -> bool:
+    """Download url into part, resuming it when present; True if an old .part was resumed."""
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "molorec-bench"})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # already complete: let verification decide
+            return True
+        raise
+    with response:
+        resumed = offset > 0 and response.status == 206
+        if resumed:
+            first = response.headers.get("Content-Range", "").split(" ")[-1].split("-")[0]
+            if first != str(offset):
+                raise DownloadError(f"{url}: asked to resume at byte {offset}, server sent "
+                                    f"{response.headers.get('Content-Range')!r}; delete {part} "
+                                    "and rerun")
+        mode = "ab" if resumed else "wb"
+        start = offset if resumed else 0
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length and length.isdigit() else None
+        with open(part, mode) as out, tqdm(
+                total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
+                desc=label, disable=not progress, leave=False) as bar:
+            for block in iter(lambda: response.read(CHUNK), b""):
+                out.write(block)
+                bar.update(len(block))
+        if total is not None and part.stat().st_size < total:
+            raise DownloadError(f"{url}: connection closed early; rerun to resume from {part}")
+        return resumed
+
+
+def _download_one(remote: RemoteFile, url: str, folder: Path, expected_sha: str | None,
+                  timeout: float, progress: bool) -> str:
+    """Fetch, verify and rename into place; returns the sha256."""
+    final = folder / remote.filename
+    part = final.with_name(final.name + ".part")
+    for attempt in range(2):
+        resumed = _fetch(url, part, timeout, progress, remote.filename)
+        sha, problem = _verify(part, remote, expected_sha)
+        if problem is None:
+            os.replace(part, final)
+            return sha
+        part.unlink()
+        if not resumed or attempt:
+            break  # a fresh download is wrong: retrying would not help
+    raise DownloadError(
+        f"checksum mismatch for {url}: got {problem}. The partial file was deleted; the "
+        f"server may have changed the file or the transfer was corrupted. If the new file is "
+        f"trusted, delete its entry in {folder / CHECKSUMS} (if any) and rerun.")
+
+
+def _safe_extract(archive: Path, folder: Path) -> None:
+    """Unzip into folder, refusing members that would land outside it (zip-slip)."""
+    root = folder.resolve()
+    with zipfile.ZipFile(archive) as zf:
+        for info in zf.infolist():
+            target = (root / info.filename).resolve()
+            if info.filename.startswith(("/", "\\")) or (target != root and root not in
+                                                         target.parents):
+                raise DownloadError(f"{archive}: member {info.filename!r} escapes {folder}; "
+                                    "refusing to extract")
+            if (info.external_attr >> 16) & 0o170000 == 0o120000:
+                raise DownloadError(f"{archive}: member {info.filename!r} is a symlink; "
+                                    "refusing to extract")
+        tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=folder))
+        try:
+            zf.extractall(tmp)
+            for entry in tmp.iterdir():
+                dest = folder / entry.name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                elif dest.exists() or dest.is_symlink():
+                    dest.unlink()
+                os.replace(entry, dest)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_dataset(name: str, dest: Path, base_url: str | None = None,
+                     progress: bool = True, *, timeout: float = 60.0) -> Path:
+    """Fetch every file of dataset `name` into `dest/<name>/` and return that folder.
+
+    Files already present are verified, not fetched again; `base_url` replaces the scheme
+    and host of every URL (tests, mirrors).
+    """
+    key = resolve_name(name)
+    source = SOURCES[key]
+    folder = Path(dest) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    for remote in source.files:
+        url = _url(remote, base_url)
+        final = folder / remote.filename
+        recorded = _read_recorded(folder)
+        expected = remote.sha256 or recorded.get(remote.filename)
+        if final.is_file():
+            sha, problem = _verify(final, remote, expected)
+            if problem is not None:
+                raise DownloadError(f"{final} exists but does not match ({problem}); "
+                                    "delete it and rerun to download it again")
+        else:
+            sha = _download_guarded(source, remote, url, folder, expected, timeout, progress)
+        if recorded.get(remote.filename) != sha:
+            _record(folder, remote.filename, sha, remote.url)
+        marker = folder / f".{remote.filename}.extracted"
+        if remote.extract and not (marker.is_file() and marker.read_text().strip() == sha):
+            try:
+                _safe_extract(final, folder)
+            except zipfile.BadZipFile as err:
+                raise DownloadError(f"{final} is not a valid zip ({err}); delete it and "
+                                    "rerun") from err
+            marker.write_text(sha + "\n")
+    return folder
+
+
+def _download_guarded(source: Source, remote: RemoteFile, url: str, folder: Path,
+                      expected: str | None, timeout: float, progress: bool) -> str:
+    """_download_one with network failures turned into actionable DownloadErrors."""
+    try:
+        return _download_one(remote, url, folder, expected, timeout, progress)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}. "
+                            + _manual_hint(source, folder)) from err
+    except (http.client.HTTPException, ConnectionError) as err:
+        if _unreachable(err):
+            raise _offline_error(url, err, source, folder) from err
+        raise DownloadError(f"{url}: transfer interrupted ({err!r}); rerun to resume the "
+                            "partial download") from err
+    except OSError as err:  # URLError is an OSError
+        if _unreachable(err):
+            raise _offline_error(url, err, source, folder) from err
+        if isinstance(err, urllib.error.URLError):
+            raise DownloadError(f"{url}: {err.reason}") from err
+        raise  # local trouble (disk full, permissions): the OS message is the clearest
+
+
+def _offline_error(url: str, err: BaseException, source: Source,
+                   folder: Path) -> DownloadError:
+    reason = getattr(err, "reason", None) or err
+    return DownloadError(
+        f"could not reach {url} ({reason}): this machine appears to be offline (or the host "
+        f"is down). Any partial download is kept and resumed next time. "
+        + _manual_hint(source, folder))

@@ -1,0 +1,496 @@
+"""Comparison tables (the paper's Tables 1-3) built from stored per-user cell results.
+
+One `Table` object holds every number and mark; it renders to Markdown, LaTeX and a dict.
+Building is a pure function of the results, so a table can always be re-rendered from the
+cell directories alone. Marks follow the paper: bold = best, underline = second best, `*` =
+best differs from the runner-up by a two-sided paired t-test over per-user values, Holm-
+corrected across all best-vs-runner-up comparisons of the table. Reference rows (Random,
+Pop) are sanity floors: shown apart, never marked or tested. Every system in a column must
+have been scored on the same candidate file(s): one file for all seeds, or one per seed when
+the runner builds a protocol per seed (then the paired units are (seed's file, user)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bench.api import GROUPS
+from bench.results import CellResult
+from protocols.stats import holm, paired_ttest
+from reports import paper_reference, render
+
+COMPARED_GROUPS = ("Traditional", "Transferable", "LLM-Based", "Ours")
+REFERENCE_GROUP = "Reference"
+CANONICAL_ORDER: dict[str, tuple[str, ...]] = {
+    "Reference": ("Random", "Pop"),
+    "Traditional": ("BPR-MF", "GRU4Rec", "SASRec", "FMLP-Rec"),
+    "Transferable": ("UniSRec", "VQ-Rec"),
+    "LLM-Based": ("Backbone zero-shot", "RecFormer", "P5", "TALLRec"),
+    "Ours": ("MoLoRec-G", "MoLoRec-S", "MoLoRec"),
+}
+# Paper column order; a dataset name containing one of these keys sorts into that slot
+# (e.g. "amazon2014-Toys_and_Games", "ml-1m"); others follow in natural order.
+PAPER_DATASET_KEYS = (("beauty",), ("toys",), ("sports",), ("movielens1m", "ml1m"))
+KIND_TEXT = {
+    "warm": "warm-start (the paper's Table 1 setting)",
+    "new-item": "new-item / cold-start (the paper's Table 2 setting)",
+    "few-shot": "few-shot training (the paper's Table 3 setting)",
+}
+TIE_ATOL = 1e-12  # means closer than this are ties (float noise from averaging over seeds)
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def table_kind(name: str) -> str | None:
+    """'warm' | 'new-item' | 'few-shot' for the usual table names, None when unknown."""
+    n = _norm(name)
+    if n in {"warm", "warmstart", "table1", "iid"}:
+        return "warm"
+    if n in {"newitem", "cold", "coldstart", "coldstartitem", "table2", "ood"}:
+        return "new-item"
+    if n.startswith("fewshot") or n == "table3":
+        return "few-shot"
+    return None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """One candidate file behind a column: its hash, the seeds run on it, its users."""
+
+    sha256: str
+    seeds: tuple[int, ...]
+    n_users: int
+
+
+@dataclass(frozen=True)
+class Column:
+    dataset: str
+    setting: str
+    metric: str
+    candidates: tuple[Candidates, ...]  # one, or one per seed when each seed has its own
+
+    @property
+    def candidates_sha256(self) -> str | None:
+        return self.candidates[0].sha256 if len(self.candidates) == 1 else None
+
+    @property
+    def n_units(self) -> int:
+        """Paired units: users (averaged over seeds sharing a file), summed over files."""
+        return sum(c.n_users for c in self.candidates)
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    mark: str = ""  # "best" | "second" | ""
+    star: bool = False
+
+
+@dataclass(frozen=True)
+class Row:
+    system: str
+    group: str
+    seeds: tuple[int, ...]
+    cells: tuple[Cell | None, ...]  # aligned with Table.columns; None = not run
+
+    @property
+    def reference(self) -> bool:
+        return self.group == REFERENCE_GROUP
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One best-vs-runner-up paired t-test (a member of the table's Holm family)."""
+
+    column: int
+    best: str
+    runner_up: str
+    p: float
+    p_holm: float
+    significant: bool
+
+
+@dataclass(frozen=True)
+class Table:
+    """A renderer-agnostic comparison table; see the module docstring for the marks."""
+
+    name: str
+    kind: str | None
+    columns: tuple[Column, ...]
+    rows: tuple[Row, ...]  # compared groups in display order, then reference rows
+    comparisons: tuple[Comparison, ...]
+    caption: str
+    alpha: float = 0.05
+    published: dict[str, Any] | None = field(default=None)
+
+    def show_setting(self, dataset: str) -> bool:
+        """Name the setting only where a dataset appears under several settings."""
+        return len({c.setting for c in self.columns if c.dataset == dataset}) > 1
+
+    def column_label(self, j: int, with_metric: bool = True) -> str:
+        c = self.columns[j]
+        head = f"{c.dataset} ({c.setting})" if self.show_setting(c.dataset) else c.dataset
+        return f"{head} {c.metric}" if with_metric else head
+
+    def groups(self) -> list[tuple[str, list[Row]]]:
+        """Non-empty groups in display order (compared groups first, Reference last)."""
+        out = []
+        for g in (*COMPARED_GROUPS, REFERENCE_GROUP):
+            rows = [r for r in self.rows if r.group == g]
+            if rows:
+                out.append((g, rows))
+        return out
+
+    def to_markdown(self) -> str:
+        return render.markdown(self)
+
+    def to_latex(self) -> str:
+        return render.latex(self)
+
+    def to_latex_document(self) -> str:
+        return render.latex_document(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        cols = [{"dataset": c.dataset, "setting": c.setting, "metric": c.metric,
+                 "candidates_sha256": c.candidates_sha256, "n_units": c.n_units,
+                 "candidates": [{"sha256": k.sha256, "seeds": list(k.seeds),
+                                 "n_users": k.n_users} for k in c.candidates],
+                 "label": self.column_label(j)} for j, c in enumerate(self.columns)]
+        rows = [{"system": r.system, "group": r.group, "reference": r.reference,
+                 "seeds": list(r.seeds),
+                 "cells": [None if c is None else
+                           {"mean": c.mean, "mark": c.mark or None, "star": c.star}
+                           for c in r.cells]} for r in self.rows]
+        comps = [{"column": cmp.column, "label": self.column_label(cmp.column),
+                  "best": cmp.best, "runner_up": cmp.runner_up, "p": cmp.p,
+                  "p_holm": cmp.p_holm, "significant": cmp.significant}
+                 for cmp in self.comparisons]
+        pub = None
+        if self.published is not None:
+            pub = {**self.published, "header": list(self.published["header"]),
+                   "rows": [list(r) for r in self.published["rows"]]}
+        return {"name": self.name, "kind": self.kind, "alpha": self.alpha,
+                "test": "two-sided paired t-test over per-user values averaged over seeds "
+                        "sharing a candidate file (pairs: (candidate file, user))",
+                "correction": "holm", "columns": cols, "rows": rows, "comparisons": comps,
+                "caption": self.caption, "published": pub}
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def _check(r: CellResult, metrics: Sequence[str]) -> None:
+    where = f"cell {r.table}/{r.dataset}/{r.setting}/{r.system}/seed {r.seed}"
+    if r.group not in GROUPS:
+        raise ValueError(f"{where}: unknown group {r.group!r}; use one of {GROUPS}")
+    if len(set(r.users)) != len(r.users):
+        raise ValueError(f"{where}: duplicate user ids")
+    for m in metrics:
+        if m not in r.values:
+            raise ValueError(f"{where}: no per-user values for metric {m!r}")
+        v = np.asarray(r.values[m], dtype=np.float64)
+        if v.shape != (len(r.users),):
+            raise ValueError(f"{where}: {m} has shape {v.shape}, expected ({len(r.users)},)")
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{where}: {m} has non-finite values")
+
+
+def _natural(s: str) -> list:
+    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", s)]
+
+
+def _dataset_key(d: str) -> tuple:
+    n = _norm(d)
+    for rank, keys in enumerate(PAPER_DATASET_KEYS):
+        if any(k in n for k in keys):
+            return (rank, _natural(d))
+    return (len(PAPER_DATASET_KEYS), _natural(d))
+
+
+def _canonical_rank(group: str, name: str) -> int | None:
+    names = [_norm(n) for n in CANONICAL_ORDER.get(group, ())]
+    n = _norm(name)
+    if n in names:
+        return names.index(n)
+    if group == "LLM-Based" and ("zeroshot" in n or n.startswith("backbone")):
+        return 0  # the zero-shot backbone row, however the plugin names it
+    return None
+
+
+def _row_key(group: str, name: str, order: Sequence[str] | None) -> tuple:
+    if order is not None and name in order:
+        return (0, order.index(name), "")
+    rank = _canonical_rank(group, name)
+    return (1, rank, "") if rank is not None else (2, 0, name.lower())
+
+
+def _units(cells: list[CellResult], metrics: Sequence[str]
+           ) -> tuple[list[tuple[str, str]], dict[str, np.ndarray]]:
+    """Paired units of one system in one column: per-user values averaged over the seeds
+    that share a candidate file, keyed (candidates_sha256, user) and sorted by that key.
+    With one candidate file this is the per-user average over seeds; with one file per
+    seed (the runner builds a protocol per seed) each (seed's file, user) is a unit."""
+    by_hash: dict[str, list[CellResult]] = {}
+    for c in cells:
+        by_hash.setdefault(c.candidates_sha256, []).append(c)
+    keys: list[tuple[str, str]] = []
+    parts: dict[str, list[np.ndarray]] = {m: [] for m in metrics}
+    for h in sorted(by_hash):
+        group = by_hash[h]
+        users = sorted(group[0].users)
+        for c in group[1:]:
+            if sorted(c.users) != users:
+                raise ValueError(f"{c.system} on {c.dataset}/{c.setting}: seed {c.seed} has "
+                                 f"other users than seed {group[0].seed} on the same candidate "
+                                 f"file {h[:12]}; cannot average per user")
+        keys += [(h, u) for u in users]
+        for m in metrics:
+            stack = []
+            for c in group:
+                pos = {u: n for n, u in enumerate(c.users)}
+                stack.append(np.asarray(c.values[m], dtype=np.float64)[[pos[u] for u in users]])
+            parts[m].append(np.mean(stack, axis=0))
+    return keys, {m: np.concatenate(v) for m, v in parts.items()}
+
+
+def _notes_text(notes: str | Sequence[str] | Mapping[str, Any] | None) -> list[str]:
+    if notes is None:
+        return []
+    if isinstance(notes, str):
+        return [notes]
+    if isinstance(notes, Mapping):
+        return [f"{k}: {v}" for k, v in notes.items()]
+    return [str(n) for n in notes]
+
+
+def _mark_column(values: dict[str, float]) -> tuple[list[str], list[str]]:
+    """(best systems, second-best systems) among compared rows; ties within TIE_ATOL."""
+    if not values:
+        return [], []
+    top = max(values.values())
+    best = [s for s, v in values.items() if abs(v - top) <= TIE_ATOL]
+    rest = {s: v for s, v in values.items() if s not in best}
+    if not rest:
+        return best, []
+    second_v = max(rest.values())
+    return best, [s for s, v in rest.items() if abs(v - second_v) <= TIE_ATOL]
+
+
+def build_table(results: Iterable[CellResult], *, table: str | None = None,
+                metrics: Sequence[str] = ("NDCG@1", "NDCG@3"),
+                order: Sequence[str] | None = None,
+                notes: str | Sequence[str] | Mapping[str, Any] | None = None,
+                reference: str | None = None, alpha: float = 0.05) -> Table:
+    """Aggregate cells (one per dataset/setting/system/seed) into a marked comparison table.
+
+    `table` keeps only results of that table name (all results must share one otherwise);
+    `order` fixes the row order within groups; `notes` are appended to the caption;
+    `reference="paper"` adds the paper's published numbers as a separate block.
+    """
+    results = list(results)
+    if table is not None:
+        results = [r for r in results if r.table == table]
+        if not results:
+            raise ValueError(f"no results for table {table!r}")
+    if not results:
+        raise ValueError("no results to tabulate")
+    names = {r.table for r in results}
+    if len(names) > 1:
+        raise ValueError(f"results mix tables {sorted(names)}; pass table= to pick one")
+    name = names.pop()
+    metrics = tuple(metrics)
+    if not metrics:
+        raise ValueError("need at least one metric")
+    if reference not in (None, "paper"):
+        raise ValueError(f"reference must be None or 'paper', got {reference!r}")
+
+    cells: dict[tuple[str, str, str], list[CellResult]] = {}
+    groups: dict[str, str] = {}
+    seen: set[tuple] = set()
+    for r in results:
+        _check(r, metrics)
+        key = (r.dataset, r.setting, r.system, r.seed)
+        if key in seen:
+            raise ValueError(f"duplicate cell {name}/{r.dataset}/{r.setting}/{r.system}/"
+                             f"seed {r.seed}")
+        seen.add(key)
+        if groups.setdefault(r.system, r.group) != r.group:
+            raise ValueError(f"system {r.system!r} appears in groups {groups[r.system]!r} "
+                             f"and {r.group!r}")
+        cells.setdefault((r.dataset, r.setting, r.system), []).append(r)
+
+    # Every system in a column must have been scored on the same candidate file(s):
+    # otherwise the numbers are not comparable. Several files are accepted only as seed
+    # replicates (one protocol per seed) that every system in the column shares.
+    files: dict[tuple[str, str], dict[str, frozenset[str]]] = {}
+    for (d, s, system), cs in cells.items():
+        files.setdefault((d, s), {})[system] = frozenset(c.candidates_sha256 for c in cs)
+    for (d, s), per_system in files.items():
+        if len(set(per_system.values())) > 1:
+            detail = "; ".join(f"{system}: {', '.join(sorted(h[:12] for h in hs))}"
+                               for system, hs in per_system.items())
+            raise ValueError(f"dataset {d!r} ({s}) mixes candidate files (candidates_sha256 "
+                             f"differ between systems), refusing to put them in one column: "
+                             f"{detail}")
+
+    per_unit: dict[tuple[str, str, str], dict[str, np.ndarray]] = {}
+    units_of: dict[tuple[str, str], tuple[list[tuple[str, str]], str]] = {}
+    for (d, s, system), cs in sorted(cells.items()):
+        cs.sort(key=lambda c: c.seed)
+        keys, vals = _units(cs, metrics)
+        per_unit[(d, s, system)] = vals
+        prev = units_of.setdefault((d, s), (keys, system))
+        if prev[0] != keys:
+            raise ValueError(f"dataset {d!r} ({s}): {system} and {prev[1]} were scored on "
+                             "different users; a paired test needs the same users")
+
+    ds_keys = sorted(units_of, key=lambda k: (_dataset_key(k[0]), _natural(k[1])))
+    cand: dict[tuple[str, str], tuple[Candidates, ...]] = {}
+    for d, s in ds_keys:
+        seeds_of: dict[str, set[int]] = {}
+        for (d2, s2, _), cs in cells.items():
+            if (d2, s2) == (d, s):
+                for c in cs:
+                    seeds_of.setdefault(c.candidates_sha256, set()).add(c.seed)
+        n_of = {h: sum(1 for k in units_of[(d, s)][0] if k[0] == h) for h in seeds_of}
+        cand[(d, s)] = tuple(sorted((Candidates(h, tuple(sorted(seeds_of[h])), n_of[h])
+                                     for h in seeds_of), key=lambda c: (c.seeds, c.sha256)))
+    columns = tuple(Column(d, s, m, cand[(d, s)]) for d, s in ds_keys for m in metrics)
+
+    systems = sorted(groups, key=lambda x: (
+        (*COMPARED_GROUPS, REFERENCE_GROUP).index(groups[x]), _row_key(groups[x], x, order)))
+    # A system's value: the mean over its seeds of each seed's mean over users.
+    means = {(system, j): float(np.mean([c.mean(col.metric)
+                                         for c in cells[(col.dataset, col.setting, system)]]))
+             for system in systems for j, col in enumerate(columns)
+             if (col.dataset, col.setting, system) in cells}
+
+    marks: dict[tuple[str, int], str] = {}
+    raw: list[tuple[int, str, str, float]] = []
+    for j, c in enumerate(columns):
+        vals = {s: means[(s, j)] for s in systems
+                if groups[s] != REFERENCE_GROUP and (s, j) in means}
+        best, second = _mark_column(vals)
+        marks.update({(s, j): "best" for s in best})
+        marks.update({(s, j): "second" for s in second})
+        if len(best) == 1 and second:
+            # Several tied runners-up: keep the least significant one (conservative).
+            col = {s: per_unit[(c.dataset, c.setting, s)][c.metric] for s in (*best, *second)}
+            p, runner = max((paired_ttest(col[best[0]], col[s]), s) for s in second)
+            raw.append((j, best[0], runner, p))
+    adjusted = holm([p for *_, p in raw]) if raw else []
+    comparisons = tuple(Comparison(j, b, ru, p, pa, pa < alpha)
+                        for (j, b, ru, p), pa in zip(raw, adjusted, strict=True))
+    starred = {(cmp.best, cmp.column) for cmp in comparisons if cmp.significant}
+
+    rows = tuple(
+        Row(system, groups[system],
+            tuple(sorted({c.seed for (d, s, sy), cs in cells.items() if sy == system
+                          for c in cs})),
+            tuple(Cell(means[(system, j)], marks.get((system, j), ""),
+                       (system, j) in starred) if (system, j) in means else None
+                  for j in range(len(columns))))
+        for system in systems)
+
+    kind = table_kind(name)
+    published = None
+    if reference == "paper":
+        if kind is None:
+            raise ValueError(f"table {name!r} matches no paper table (warm, new-item, few-shot)")
+        published = paper_reference.published_block(paper_reference.TABLE_FOR_KIND[kind])
+    caption = _caption(name, kind, columns, rows, len(comparisons), alpha, metrics,
+                       _notes_text(notes), ds_keys)
+    return Table(name, kind, columns, rows, comparisons, caption, alpha, published)
+
+
+def _files_text(cands: tuple[Candidates, ...]) -> str:
+    if len(cands) == 1:
+        return f"{cands[0].sha256[:12]} ({cands[0].n_users} users)"
+    return ", ".join(f"{k.sha256[:12]} (seed{'s' if len(k.seeds) > 1 else ''} "
+                     f"{', '.join(map(str, k.seeds))}; {k.n_users} users)" for k in cands)
+
+
+def _caption(name, kind, columns, rows, n_tests, alpha, metrics, notes, ds_keys) -> str:
+    what = KIND_TEXT.get(kind, name) if kind else name
+    files = {(c.dataset, c.setting): c.candidates for c in columns}
+    cands, done = [], set()
+    for d, s in ds_keys:  # one entry per dataset when all its settings share candidates
+        shared = len({files[k] for k in ds_keys if k[0] == d}) == 1
+        if d in done:
+            continue
+        if shared:
+            done.add(d)
+        cands.append(f"{d if shared else f'{d} ({s})'} {_files_text(files[(d, s)])}")
+    per_seed = any(len(c.candidates) > 1 for c in columns)
+    unit = ("per-user values (averaged over seeds that share a candidate file; each seed "
+            "has its own protocol here, so the pairs are (seed, user))" if per_seed else
+            "per-user values (averaged over seeds)")
+    seed_sets = {r.seeds for r in rows}
+    if len(seed_sets) == 1:
+        seeds = ", ".join(map(str, next(iter(seed_sets))))
+    else:
+        seeds = "; ".join(f"{r.system}: {', '.join(map(str, r.seeds))}" for r in rows)
+    parts = [
+        f"Table {name}: {what}.",
+        "Protocol: leave-one-out split (last interaction = test, second-to-last = validation); "
+        "each test user ranks 1 positive + 29 sampled negatives (30 candidates); "
+        "tie rule: expected value over tied orderings; "
+        f"metrics {', '.join(metrics)}, mean over users.",
+        f"Candidates sha256 (first 12 hex): {'; '.join(cands)}.",
+        f"Seeds: {seeds}; a value is the mean over seeds.",
+        "Bold: best; underlined: second best, among compared rows (Reference rows excluded). "
+        f"*: best vs runner-up significant, two-sided paired t-test over {unit}, "
+        f"p < {alpha:g} after Holm correction across the table's "
+        f"{n_tests} best-vs-runner-up comparison{'s' if n_tests != 1 else ''}; "
+        "ties for best get no star.",
+    ]
+    if any(r.reference for r in rows):
+        parts.append("Reference rows are sanity floors, not compared.")
+    parts += [n if n.endswith(".") else n + "." for n in notes]
+    return " ".join(parts)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def render_all(results: Iterable[CellResult], out_dir: str | Path, table_name: str,
+               reference: str | None = None, **kwargs: Any) -> dict[str, Path]:
+    """Write <table>.md, <table>.tex (fragment), <table>.standalone.tex and <table>.json
+    atomically; `kwargs` go to build_table (metrics, order, notes, alpha)."""
+    if not table_name or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", table_name):
+        raise ValueError(f"table name {table_name!r} is not a safe file name")
+    t = build_table(results, table=table_name, reference=reference, **kwargs)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = {"md": (f"{table_name}.md", t.to_markdown()),
+             "tex": (f"{table_name}.tex", t.to_latex()),
+             "tex_document": (f"{table_name}.standalone.tex", t.to_latex_document()),
+             "json": (f"{table_name}.json", json.dumps(t.to_dict(), indent=2) + "\n")}
+    paths = {}
+    for key, (fname, text) in texts.items():
+        _atomic_write(out / fname, text)
+        paths[key] = out / fname
+    return paths

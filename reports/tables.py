@@ -443,7 +443,7 @@ def _caption(name, kind, columns, rows, n_tests, alpha, metrics, notes, ds_keys)
         seeds = "; ".join(f"{r.system}: {', '.join(map(str, r.seeds))}" for r in rows)
     parts = [
         f"Table {name}: {what}.",
-        "Protocol: leave-one-out split (last interaction = test, second-to-last = validation); "
+        _PROTOCOL_TEXT.get(kind, _PROTOCOL_TEXT["warm"]),
         "each test user ranks 1 positive + 29 sampled negatives (30 candidates); "
         "tie rule: expected value over tied orderings; "
         f"metrics {', '.join(metrics)}, mean over users.",
@@ -459,6 +459,17 @@ def _caption(name, kind, columns, rows, n_tests, alpha, metrics, notes, ds_keys)
         parts.append("Reference rows are sanity floors, not compared.")
     parts += [n if n.endswith(".") else n + "." for n in notes]
     return " ".join(parts)
+
+
+_PROTOCOL_TEXT = {
+    "warm": "Protocol: leave-one-out split (last interaction = test, second-to-last = "
+            "validation);",
+    "new-item": "Protocol: new-item split (a seeded share of items is removed from all training "
+            "and validation data; test positives and negatives are drawn from those unseen "
+            "items; the last remaining interaction = validation);",
+    "few-shot": "Protocol: leave-one-out split, training on a seeded, nested share of the "
+               "training samples (validation and test as in warm);",
+}
 
 
 # ----------------------------------------------------------------------------- writing

@@ -1,0 +1,244 @@
+"""Shared pieces of the text-based baselines (UniSRec, VQ-Rec, RecFormer, P5).
+
+Item vocabulary over the titles, next-item training samples that honour few-shot
+`targets`, a SASRec-style causal transformer, validation-based state selection, and a
+content-addressed, atomically written cache for pretrained weights (reused across the
+cells of one run).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.api import ScoreRequest, UserSequence
+
+CODE_VERSION = 1  # bump when a change invalidates cached pretrained weights
+
+
+def seed_all(seed: int) -> None:
+    """Seed python, numpy and torch (same seed => same weights and scores)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def digest(obj: Any) -> str:
+    """sha256 of canonical JSON."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()
+                          ).hexdigest()
+
+
+def seqs_digest(seqs: Sequence[UserSequence]) -> str:
+    """Content hash of a corpus of sequences (targets included)."""
+    h = hashlib.sha256()
+    for s in seqs:
+        h.update(json.dumps([s.user, list(s.items), s.targets]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+class Workspace:
+    """`workdir`, or a private temporary directory removed with this object."""
+
+    def __init__(self, workdir: str | None):
+        self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="textbase-")
+        self.root = Path(workdir) if workdir else Path(self._tmp.name)
+
+    def cached_state(self, method: str, key: str,
+                     build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Load `<root>/<method>/<key>/state.pt` or build, write atomically, and return it."""
+        final = self.root / method / key
+        path = final / "state.pt"
+        if path.is_file():
+            return torch.load(path, map_location="cpu", weights_only=True)
+        state = {k: v.detach().clone() for k, v in build().items()}
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
+        try:
+            torch.save(state, tmp / "state.pt")
+            try:
+                os.replace(tmp, final)
+            except OSError:  # another cell finished the same artifact first
+                if not path.is_file():
+                    raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return state
+
+
+class ItemVocab:
+    """Item id <-> row (1..n; row 0 is padding), in the titles' order."""
+
+    def __init__(self, titles: dict[str, str]):
+        if not titles:
+            raise ValueError("no item titles: text-based baselines need data.titles")
+        self.ids = list(titles)
+        self.texts = [titles[i] for i in self.ids]
+        self.row = {item: n + 1 for n, item in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids) + 1  # with padding
+
+    def rows(self, items: Sequence[str]) -> list[int]:
+        try:
+            return [self.row[i] for i in items]
+        except KeyError as e:
+            raise ValueError(f"item {e.args[0]!r} has no title in the training data") from None
+
+    def seen_mask(self, seqs: Sequence[UserSequence]) -> np.ndarray:
+        """Boolean per row: the item occurs in `seqs` (never the padding row)."""
+        mask = np.zeros(len(self), dtype=bool)
+        for s in seqs:
+            mask[self.rows(s.items)] = True
+        return mask
+
+
+def pad_right(rows: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Keep the last `max_len` of each row, oldest first, zero-padded on the right."""
+    out = np.zeros((len(rows), max_len), dtype=np.int64)
+    lens = np.zeros(len(rows), dtype=np.int64)
+    for n, r in enumerate(rows):
+        r = list(r)[-max_len:] if max_len > 0 else []
+        out[n, :len(r)] = r
+        lens[n] = len(r)
+    return out, lens
+
+
+def next_item_windows(seqs: Sequence[UserSequence], vocab: ItemVocab, max_len: int
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Training windows for a causal encoder: (inputs (W, max_len), lengths, targets).
+
+    Input position j of a window predicts the next item (targets[w, j]; 0 = no loss).
+    Windows end at the sequence end and every max_len // 2 before it; a window owns
+    (gives a loss to) only its newer half, except the oldest window which owns all, so
+    each training target is used once with at least max_len // 2 items of context (when
+    the sequence has them). Targets outside a few-shot `targets` list get no loss, but
+    their items still serve as context."""
+    stride = max(1, max_len // 2)
+    inputs, targets = [], []
+    for s in seqs:
+        rows = vocab.rows(s.items)
+        allowed = np.zeros(len(rows), dtype=bool)
+        pos = [t for t in s.target_positions() if 1 <= t < len(rows)]
+        allowed[pos] = True
+        end = len(rows) - 1  # inputs are rows[0:end], input j predicts rows[j + 1]
+        while end > 0:
+            start = max(0, end - max_len)
+            own_from = start if start == 0 else max(start, end - stride)
+            x = rows[start:end]
+            y = [rows[j + 1] if (j >= own_from and allowed[j + 1]) else 0
+                 for j in range(start, end)]
+            if any(y):
+                inputs.append(x)
+                targets.append(y)
+            end = own_from
+    x, lens = pad_right(inputs, max_len)
+    y, _ = pad_right(targets, max_len)
+    return x, lens, y
+
+
+def request_rows(requests: Sequence[ScoreRequest], vocab: ItemVocab, max_len: int
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(history rows, lengths, candidate rows (N, n_candidates)) for scoring."""
+    hist, lens = pad_right([vocab.rows(r.history) for r in requests], max_len)
+    n_c = {len(r.candidates) for r in requests}
+    if len(n_c) > 1:
+        raise ValueError(f"requests have different numbers of candidates: {sorted(n_c)}")
+    cand = np.asarray([vocab.rows(r.candidates) for r in requests], dtype=np.int64)
+    return hist, lens, cand.reshape(len(requests), -1)
+
+
+def batches(n: int, size: int, rng: np.random.Generator | None = None) -> Iterator[np.ndarray]:
+    """Index batches over range(n), shuffled when rng is given."""
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    for s in range(0, n, size):
+        yield order[s:s + size]
+
+
+class CausalEncoder(nn.Module):
+    """SASRec-style: item vectors + learned positions -> LayerNorm -> dropout ->
+    post-LN transformer blocks under a causal mask.
+
+    Histories are right-padded, so with the causal mask a real position never attends
+    to padding (and no attention row is fully masked)."""
+
+    def __init__(self, dim: int, n_layers: int, n_heads: int, inner: int, dropout: float,
+                 max_len: int):
+        super().__init__()
+        self.position = nn.Embedding(max_len, dim)
+        self.norm = nn.LayerNorm(dim, eps=1e-12)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(dim, n_heads, inner, dropout, activation="gelu",
+                                           batch_first=True)
+        self.blocks = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+        self.apply(_init_weights)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """States at every position (B, L, dim) of right-padded inputs (B, L, dim)."""
+        length = x.shape[1]
+        x = x + self.position.weight[:length].unsqueeze(0)
+        x = self.dropout(self.norm(x))
+        mask = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        return self.blocks(x, mask=mask)
+
+
+def last_state(h: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
+    """State at each row's last real position (position 0 for an empty history)."""
+    return h[torch.arange(len(h)), (lens - 1).clamp_min(0)]
+
+
+def _init_weights(module: nn.Module) -> None:
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, std=0.02)
+    if isinstance(module, nn.Linear) and module.bias is not None:
+        nn.init.zeros_(module.bias)
+
+
+def masked_contrastive(query: torch.Tensor, keys: torch.Tensor, same: torch.Tensor,
+                       temperature: float) -> torch.Tensor:
+    """In-batch InfoNCE: query i's positive is keys i; other keys with the same target
+    (`same`, diagonal excluded) are dropped from the negatives. Inputs are L2-normalized."""
+    logits = query @ keys.T / temperature
+    off_diag = same & ~torch.eye(len(same), dtype=torch.bool)
+    logits = logits.masked_fill(off_diag, float("-inf"))
+    return nn.functional.cross_entropy(logits, torch.arange(len(query)))
+
+
+class BestState:
+    """Keep the module state with the best validation score; stop after `patience`
+    evaluations without improvement."""
+
+    def __init__(self, patience: int):
+        self.patience = patience
+        self.best = float("-inf")
+        self.best_epoch = -1
+        self.state: dict[str, torch.Tensor] | None = None
+        self.bad = 0
+        self.history: list[float] = []
+
+    def update(self, score: float, epoch: int, module: nn.Module) -> bool:
+        """Record `score`; returns True when training should stop."""
+        self.history.append(round(float(score), 5))
+        if score > self.best:
+            self.best, self.best_epoch, self.bad = score, epoch, 0
+            self.state = copy.deepcopy(module.state_dict())
+        else:
+            self.bad += 1
+        return self.bad >= self.patience
+
+    def restore(self, module: nn.Module) -> None:
+        if self.state is not None:
+            module.load_state_dict(self.state)

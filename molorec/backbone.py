@@ -1,0 +1,212 @@
+"""The frozen LLM every adapter sits on.
+
+Two kinds, one interface (a directory that `AutoModelForCausalLM` / `AutoTokenizer` load):
+- `pretrained` (paper profile): a local checkpoint such as Qwen2-7B-Instruct, given as a
+  directory or a Hugging Face id already in the local cache; loaded with
+  `local_files_only=True`, so nothing is ever downloaded. `MOLOREC_BACKBONE_PATH`
+  overrides the configured path (machine-specific locations stay out of configs).
+- `tiny` (cpu/smoke profiles and tests): a small Qwen2-architecture model built from a
+  config, with a byte-level BPE tokenizer trained here on the general corpus's titles and
+  the template text, then pretrained as a causal LM on the general corpus's text (each
+  user's titles, one per line) so that it is a "pretrained" base before any LoRA. It
+  depends only on the general corpus and its settings, never on a target domain, and is
+  cached in the workdir by the hash of those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.api import UserSequence
+from molorec.cache import cached_dir, stable_hash
+from molorec.instructions import Example, sequences_digest
+from molorec.template import NO, YES, Encoder, template_hash, template_texts
+from molorec.train_loop import TrainSettings, seed_everything, train
+
+EOS = "<|endoftext|>"
+TINY_HEAD_DIM = 64  # the vLLM CPU attention kernels support no smaller head size
+PRETRAIN_TEXT = "titles+template-line-2"  # versions the pretraining text (cache key)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A loadable backbone: where it is and the hash every adapter cache key includes."""
+
+    path: str
+    key: str
+    label: str
+    dtype: str
+    chat: bool
+
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+
+    def load(self, device: str | None = None):
+        """A fresh (model, tokenizer); the model is in eval mode with frozen weights."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        tok = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+        import transformers
+
+        # transformers renamed torch_dtype to dtype in 4.56
+        old = tuple(int(x) for x in transformers.__version__.split(".")[:2]) < (4, 56)
+        model = AutoModelForCausalLM.from_pretrained(
+            self.path, local_files_only=True,
+            **{"torch_dtype" if old else "dtype": getattr(torch, self.dtype)})
+        model.requires_grad_(False)
+        model.eval()
+        model.to(device or default_device())
+        return model, tok
+
+
+def default_device():
+    """This process's device (one GPU per process under accelerate/torchrun)."""
+    from accelerate import PartialState
+
+    return PartialState().device
+
+
+def ensure_backbone(cfg: dict[str, Any], general: Sequence[UserSequence],
+                    titles: dict[str, str], workdir: str | Path) -> Backbone:
+    """Resolve (and for `tiny`, build once and cache) the backbone described by `cfg`."""
+    kind = cfg.get("kind")
+    if kind == "pretrained":
+        return _pretrained(cfg)
+    if kind == "tiny":
+        return _tiny(cfg, general, titles, workdir)
+    raise ValueError(f"backbone kind must be 'tiny' or 'pretrained', got {kind!r}")
+
+
+def _pretrained(cfg: dict[str, Any]) -> Backbone:
+    from transformers import AutoConfig
+
+    path = os.environ.get("MOLOREC_BACKBONE_PATH") or cfg["path"]
+    try:
+        model_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(
+            f"backbone {path!r} is not available locally (nothing is downloaded): put the "
+            f"checkpoint in the Hugging Face cache or set MOLOREC_BACKBONE_PATH; {e}") from None
+    key = stable_hash({"kind": "pretrained", "label": cfg["label"],
+                       "config": model_cfg.to_dict(), "dtype": cfg.get("dtype", "bfloat16")})
+    return Backbone(str(path), key, cfg["label"], cfg.get("dtype", "bfloat16"),
+                    bool(cfg.get("chat", False)))
+
+
+def _tiny(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str, str],
+          workdir: str | Path) -> Backbone:
+    if cfg.get("head_dim", TINY_HEAD_DIM) != TINY_HEAD_DIM:
+        raise ValueError(f"tiny backbone head_dim must be {TINY_HEAD_DIM}")
+    if not general:
+        raise ValueError("the tiny backbone is pretrained on the general corpus, which is empty")
+    key = {"what": "tiny-backbone", "text": PRETRAIN_TEXT, "config": cfg,
+           "template": template_hash(),
+           "general": sequences_digest(general, titles)}
+    path = cached_dir(workdir, "backbone", key,
+                      lambda out: build_tiny(cfg, general, titles, out))
+    return Backbone(str(path), stable_hash(key), cfg.get("label", "TinyQwen2"), "float32",
+                    False)
+
+
+def train_tokenizer(texts: list[str], vocab_size: int):
+    """A byte-level BPE tokenizer (Qwen2-style pre-tokenization) trained on `texts`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+
+
+def _corpus_titles(general: Sequence[UserSequence], titles: dict[str, str]) -> list[str]:
+    return sorted({titles[i] for s in general for i in s.items})
+
+
+def pretrain_examples(general: Sequence[UserSequence], titles: dict[str, str], enc: Encoder,
+                      seq_len: int, max_tokens: int | None, seed: int) -> list[Example]:
+    """Blocks of `seq_len` tokens of the users' title streams (one title per line, then
+    one template line, users separated by end-of-sequence); loss on every token after
+    the first."""
+    stream: list[int] = []
+    extra = [*template_texts(), YES + "\n", NO + "\n"]
+    for n, s in enumerate(general):
+        for i in s.items:
+            stream.extend(enc.line(titles[i]))
+        # one template line per user, so that the instruction words and the Yes/No answers
+        # are ordinary trained tokens, as they are for a real LLM (an untrained embedding
+        # stays too small for a LoRA to ever make it likely)
+        stream.extend(enc.ids(extra[n % len(extra)]))
+        stream.append(enc.eos)
+    blocks = [stream[j:j + seq_len] for j in range(0, len(stream) - 1, seq_len)]
+    blocks = [b for b in blocks if len(b) >= 2]
+    order = np.random.default_rng(seed).permutation(len(blocks))
+    if max_tokens is not None:
+        order = order[:max(1, max_tokens // seq_len)]
+    return [Example((blocks[j][0],), tuple(blocks[j][1:])) for j in order]
+
+
+def build_tiny(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str, str],
+               out: Path) -> None:
+    """Train the tokenizer, build the model from its config, pretrain it, save to `out`."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    t0 = time.perf_counter()
+    pre = cfg.get("pretrain", {})
+    seed = int(pre.get("seed", 0))
+    corpus_titles = _corpus_titles(general, titles)
+    # the template text is repeated so its words get merges like a real LLM's vocabulary
+    texts = [t + "\n" for t in corpus_titles] + list(template_texts()) * 50
+    texts += [YES + "\n", NO + "\n"] * 50
+    tok = train_tokenizer(texts, int(cfg["vocab_size"]))
+    seed_everything(seed)
+    mcfg = Qwen2Config(
+        vocab_size=len(tok), hidden_size=cfg["hidden_size"],
+        intermediate_size=cfg["intermediate_size"], num_hidden_layers=cfg["num_hidden_layers"],
+        num_attention_heads=cfg["num_attention_heads"],
+        num_key_value_heads=cfg.get("num_key_value_heads", cfg["num_attention_heads"]),
+        head_dim=TINY_HEAD_DIM, max_position_embeddings=cfg["max_position_embeddings"],
+        tie_word_embeddings=True, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id)
+    model = Qwen2ForCausalLM(mcfg)
+    # With tied embeddings of norm ~0.3 and a unit-gain final RMSNorm, a 64-dim model's
+    # logits span only a few nats, so no token can ever be likely (TALLRec's Yes/No loss
+    # floored at ~5.9 nats whatever the learning rate). A larger initial final-norm gain
+    # gives the logits a usable range; pretraining then tunes it.
+    with torch.no_grad():
+        model.model.norm.weight.fill_(float(cfg.get("final_norm_gain", 1.0)))
+    enc = Encoder(tok)
+    examples = pretrain_examples(general, titles, enc, int(pre.get("seq_len", 256)),
+                                 pre.get("max_tokens"), seed)
+    losses = []
+    if pre.get("epochs", 1) > 0:
+        settings = TrainSettings(
+            epochs=int(pre.get("epochs", 1)), lr=float(pre.get("lr", 1e-3)),
+            batch_size=int(pre.get("batch_size", 16)),
+            micro_batch_size=int(pre.get("micro_batch_size", pre.get("batch_size", 16))),
+            weight_decay=float(pre.get("weight_decay", 0.01)))
+        losses = train(model, examples, settings, seed, tok.pad_token_id)
+    model.cpu().save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "pretrain.json").write_text(json.dumps({
+        "losses": losses, "blocks": len(examples), "n_titles": len(corpus_titles),
+        "vocab": len(tok), "seconds": time.perf_counter() - t0}, indent=1))

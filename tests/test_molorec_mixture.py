@@ -1,0 +1,159 @@
+"""Mixture of LoRA: matches peft, merged == unmerged, entropy steps touch theta only."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from molorec.lora import Adapter, extract
+from molorec.mixture import Mixture, answer_entropy, grid_search, learn_entropy
+
+
+def _base():
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    cfg = Qwen2Config(vocab_size=200, hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1,
+                      head_dim=64, max_position_embeddings=256, tie_word_embeddings=True)
+    model = Qwen2ForCausalLM(cfg).eval()
+    model.requires_grad_(False)
+    return model
+
+
+def _random_adapter(model, name: str, seed: int, r: int = 4) -> Adapter:
+    """A peft LoRA with non-zero B (peft initializes B to zero), extracted."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(
+        r=r, lora_alpha=2 * r, lora_dropout=0.0, target_modules="all-linear"),
+        adapter_name=name)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.2)
+    return extract(peft_model, name), peft_model
+
+
+X = torch.tensor([[5, 17, 33, 2, 99, 150, 7, 8, 64, 12]])
+
+
+def _logits(model) -> torch.Tensor:
+    with torch.no_grad():
+        return model(input_ids=X).logits
+
+
+def test_single_adapter_equals_peft():
+    base = _base()
+    adapter, peft_model = _random_adapter(base, "one", 1)
+    assert len(adapter.weights) == 2 * 7  # q,k,v,o,gate,up,down in 2 layers
+    assert adapter.scaling == pytest.approx(2.0)
+    want = _logits(peft_model.eval())
+    model = copy.deepcopy(base)
+    mix = Mixture(model, [adapter])
+    assert not torch.allclose(want, _logits(base), atol=1e-3)  # the adapter matters
+    torch.testing.assert_close(_logits(model), want, atol=1e-4, rtol=1e-4)
+    mix.merge()
+    torch.testing.assert_close(_logits(model), want, atol=1e-4, rtol=1e-4)
+
+
+def test_merged_mixture_gives_the_same_outputs_as_unmerged():
+    base = _base()
+    a, _ = _random_adapter(base, "general", 1)
+    b, _ = _random_adapter(base, "specific", 2)
+    model = copy.deepcopy(base)
+    mix = Mixture(model, [a, b])
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for theta in mix.thetas():  # different weights in every layer
+            theta.normal_(0, 1.0)
+    unmerged = _logits(model)
+    original = {k: v.clone() for k, v in base.state_dict().items()}
+    mix.merge()
+    assert mix.merged
+    torch.testing.assert_close(_logits(model), unmerged, atol=1e-4, rtol=1e-4)
+    # merged inference is a plain model: every adapted layer is one matmul with W + delta
+    layer = next(iter(mix.layers.values()))
+    assert not torch.equal(layer.base.weight, original[_key(mix, layer)])
+    mix.unmerge()
+    torch.testing.assert_close(_logits(model), unmerged, atol=1e-5, rtol=1e-5)
+    for name, layer in mix.layers.items():
+        torch.testing.assert_close(layer.base.weight, original[name + ".weight"],
+                                   atol=1e-6, rtol=0)
+    with pytest.raises(RuntimeError):
+        mix.unmerge()
+
+
+def _key(mix, layer) -> str:
+    return next(n for n, m in mix.layers.items() if m is layer) + ".weight"
+
+
+def test_set_weights_and_summaries():
+    base = _base()
+    a, _ = _random_adapter(base, "general", 1)
+    b, _ = _random_adapter(base, "specific", 2)
+    mix = Mixture(copy.deepcopy(base), [a, b])
+    mix.set_weights([0.3, 0.7])
+    for w in mix.weights_by_layer().values():
+        assert w == pytest.approx([0.3, 0.7], abs=1e-4)
+    assert set(mix.weights_by_block()) == {"layer 0", "layer 1"}
+    with pytest.raises(ValueError):
+        mix.set_weights([1.0])
+    with pytest.raises(ValueError):
+        Mixture(copy.deepcopy(base), [a, a])
+
+
+def test_an_entropy_step_changes_theta_and_nothing_else():
+    base = _base()
+    a, _ = _random_adapter(base, "general", 1)
+    b, _ = _random_adapter(base, "specific", 2)
+    model = copy.deepcopy(base)
+    mix = Mixture(model, [a, b])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prompts = [[1, 2, 3, 4, 5], [9, 8, 7, 6, 5, 4, 3], [11, 12]]
+    ent0 = float(answer_entropy(model, prompts, 3, eos=0)[0].detach())
+    hist = learn_entropy(mix, prompts, k=3, lr=0.5, epochs=1, batch_size=3, eos=0, seed=0)
+    assert len(hist) == 1 and hist[0] == pytest.approx(ent0 / 9, rel=1e-4)
+    after = model.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(".theta") for k in changed)
+    assert len(changed) == len(mix.layers)  # every layer's theta moved
+    assert all(p.grad is None or not p.requires_grad for n, p in model.named_parameters()
+               if not n.endswith("theta"))
+
+
+def test_entropy_learning_lowers_entropy():
+    base = _base()
+    a, _ = _random_adapter(base, "general", 1)
+    b, _ = _random_adapter(base, "specific", 2)
+    mix = Mixture(copy.deepcopy(base), [a, b])
+    prompts = [list(np.random.default_rng(s).integers(1, 200, 12)) for s in range(6)]
+    hist = learn_entropy(mix, prompts, k=3, lr=0.3, epochs=8, batch_size=6, eos=0, seed=0)
+    assert hist[-1] < hist[0]
+    mix.merge()
+    with pytest.raises(RuntimeError):
+        learn_entropy(mix, prompts, k=3, lr=0.3, epochs=1, batch_size=6, eos=0, seed=0)
+
+
+def test_grid_search_picks_the_best_validation_value():
+    base = _base()
+    a, _ = _random_adapter(base, "general", 1)
+    b, _ = _random_adapter(base, "specific", 2)
+    model = copy.deepcopy(base)
+    mix = Mixture(model, [a, b])
+    seen = []
+
+    def evaluate():
+        assert mix.merged  # evaluated on the merged model
+        w = next(iter(mix.weights_by_layer().values()))[0]
+        seen.append(w)
+        return -abs(w - 0.25)
+
+    best, table = grid_search(mix, [0.0, 0.25, 0.5, 1.0], evaluate)
+    assert best == 0.25 and len(table) == 4 and not mix.merged
+    assert seen == pytest.approx([0.0, 0.25, 0.5, 1.0], abs=1e-4)
+    assert next(iter(mix.weights_by_layer().values())) == pytest.approx([0.25, 0.75], abs=1e-4)

@@ -17,7 +17,11 @@ TABLE_SETTINGS = {
 TABLE_TITLES = {"warm": "Warm-start", "cold": "New-item (cold-start)", "fewshot": "Few-shot"}
 
 DEFAULT_SYSTEMS = (
-    "Random", "Pop", "BPR-MF", "GRU4Rec", "SASRec", "FMLP-Rec",
+    "Random", "Pop",
+    "BPR-MF", "GRU4Rec", "SASRec", "FMLP-Rec",  # Traditional
+    "UniSRec", "VQ-Rec",  # Transferable
+    "Backbone", "RecFormer", "P5", "TALLRec",  # LLM-Based
+    "MoLoRec-G", "MoLoRec-S", "MoLoRec",  # Ours
 )
 
 

@@ -13,9 +13,7 @@ the runner builds a protocol per seed (then the paired units are (seed's file, u
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ import numpy as np
 
 from bench.api import GROUPS
 from bench.results import CellResult
+from protocols.files import atomic_write_text
 from protocols.stats import holm, paired_ttest
 from reports import paper_reference, render
 
@@ -475,18 +474,6 @@ _PROTOCOL_TEXT = {
 # ----------------------------------------------------------------------------- writing
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def render_all(results: Iterable[CellResult], out_dir: str | Path, table_name: str,
                reference: str | None = None, **kwargs: Any) -> dict[str, Path]:
     """Write <table>.md, <table>.tex (fragment), <table>.standalone.tex and <table>.json
@@ -502,6 +489,6 @@ def render_all(results: Iterable[CellResult], out_dir: str | Path, table_name: s
              "json": (f"{table_name}.json", json.dumps(t.to_dict(), indent=2) + "\n")}
     paths = {}
     for key, (fname, text) in texts.items():
-        _atomic_write(out / fname, text)
+        atomic_write_text(out / fname, text)
         paths[key] = out / fname
     return paths

@@ -48,9 +48,9 @@ def _cand_lines(users_q, items_q, part: splits.EvalPart, cands: np.ndarray) -> s
     )
 
 
-def _general_ragged(general: Interactions, target_ids: np.ndarray, drop_items: set[str]
+def _general_ragged(general: Interactions, drop_items: set[str]
                     ) -> tuple[splits.Ragged, np.ndarray]:
-    """General corpus as ragged rows over a shared item-id table (target ids first)."""
+    """General corpus as ragged rows (users with at least 2 items), `drop_items` removed."""
     keep = np.ones(len(general), dtype=bool)
     if drop_items:
         banned = np.array([i in drop_items for i in general.item_ids], dtype=bool)
@@ -99,7 +99,7 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         negs[name] = candidate_rows(rng, part.positives, neg)
 
     cold_ids = set(target.item_ids[split.cold_items]) if split.cold_items is not None else set()
-    grag, gitem_ids = _general_ragged(general, target.item_ids, cold_ids)
+    grag, gitem_ids = _general_ragged(general, cold_ids)
 
     users_q = _quoted(target.user_ids)
     items_q = _quoted(target.item_ids)

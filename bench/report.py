@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench.profiles import TABLE_SETTINGS
 from bench.results import CellResult, load_cell
+from bench.runner import caption_notes
 
 
 def stored_cells(out: Path) -> list[CellResult]:
@@ -29,7 +30,8 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None
         if t == "fewshot":
             for c in chosen:
                 c.dataset = f"{c.dataset} {c.setting.split('-')[1]}%"
-        written.append(render_all(chosen, out, t, reference=reference))
+        written.append(render_all(chosen, out, t, reference=reference,
+                                  notes=caption_notes(chosen)))
     return written
 
 

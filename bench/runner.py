@@ -132,6 +132,17 @@ def _seed_everything(seed: int) -> None:
     torch.set_num_threads(int(os.environ.get("MOLOREC_BENCH_THREADS", "1")))
 
 
+def caption_notes(results: Sequence[CellResult]) -> list[str]:
+    """Facts the caption must state that only the cells know (the LLM ranking mode)."""
+    modes = sorted({str(m) for r in results
+                    if (m := r.meta.get("describe", {}).get("ranking_mode")) is not None})
+    if not modes:
+        return []
+    return [f"LLM rows rank the 30 candidates in {' and '.join(modes)} mode (score: mean "
+            "log-likelihood per answer token of each title; generate: greedy decoding "
+            "parsed against the candidate titles)"]
+
+
 @dataclass
 class TableRun:
     table: str
@@ -171,6 +182,6 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
         results.append(res)
     from reports.tables import render_all
 
-    paths = render_all(results, out, table, reference=reference)
+    paths = render_all(results, out, table, reference=reference, notes=caption_notes(results))
     markdown = paths["md"].read_text() if "md" in paths else ""
     return TableRun(table, results, paths, markdown, time.perf_counter() - t0)

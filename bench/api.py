@@ -97,7 +97,10 @@ class System(ABC):
 
     @abstractmethod
     def score(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
-        """Return a (len(requests), n_candidates) float array; higher ranks first."""
+        """Return a (len(requests), n_candidates) float array; higher ranks first.
+
+        Scores must be finite, except that a row of all NaN abstains (e.g. a generated
+        answer naming no candidate): it counts as a miss, the positive ranked last."""
 
     @property
     def label(self) -> str:

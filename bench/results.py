@@ -1,7 +1,8 @@
 """Per-cell results as stored on disk, and the recomputation of metrics from scores.
 
 A cell is one (table, dataset, setting, system, seed). Its directory holds:
-  scores.jsonl   {"user", "candidates": [30 ids], "scores": [30 floats]}  (file order)
+  scores.jsonl   {"user", "candidates": [30 ids], "scores": [30 floats] or null}
+                 (file order; null: the system abstained, a miss)
   metrics.jsonl  {"user", "positive", "NDCG@1": v, "NDCG@3": v, ...}   per user
   cell.json      what was run: names, profile, config and its hash, candidates_sha256
 """
@@ -74,6 +75,7 @@ def recompute_from_scores(scores_path: Path, candidates_path: Path, metric: str)
         r = json.loads(line)
         positives[r["user"]] = r["positive"]
     rows = [json.loads(line) for line in Path(scores_path).read_text().splitlines()]
-    scores = np.array([r["scores"] for r in rows], dtype=np.float64)
+    scores = np.array([[np.nan] * len(r["candidates"]) if r["scores"] is None else r["scores"]
+                       for r in rows], dtype=np.float64)
     pos = np.array([r["candidates"].index(positives[r["user"]]) for r in rows])
     return float(M.compute(metric, scores, pos).mean())

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 from bench import profiles, registry
 from bench.api import ScoreRequest, System
 from bench.results import CellResult, jsonl_text, load_cell, metric_rows
+from protocols import metrics as M
 from protocols.build import build_protocol
 from protocols.files import atomic_dir, load_protocol
 
@@ -72,8 +73,9 @@ def score_all(system: System, requests: Sequence[ScoreRequest], desc: str) -> np
         want = (len(batch), len(batch[0].candidates))
         if s.shape != want:
             raise ValueError(f"{system.name}.score returned shape {s.shape}, expected {want}")
-        if not np.isfinite(s).all():
-            raise ValueError(f"{system.name}.score returned non-finite scores")
+        if not (np.isfinite(s) | M.abstained(s)[:, None]).all():
+            raise ValueError(f"{system.name}.score returned non-finite scores "
+                             "(only a whole row of NaN, an abstention, is allowed)")
         parts.append(s)
     return np.concatenate(parts) if parts else np.zeros((0, 30))
 
@@ -107,7 +109,9 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
         "profile": profile, "config": config, "candidates_sha256": proto.candidates_sha256,
         "protocol": str(proto_dir), "describe": system.describe(),
     }
-    score_rows = [{"user": u, "candidates": list(c), "scores": s.tolist()}
+    # an abstaining row (all NaN) is written as null: JSON has no NaN
+    score_rows = [{"user": u, "candidates": list(c),
+                   "scores": None if np.isnan(s).all() else s.tolist()}
                   for u, c, s in zip(users, candidates, scores, strict=True)]
     with atomic_dir(cell_dir) as tmp:
         (tmp / "scores.jsonl").write_text(jsonl_text(score_rows), encoding="utf-8")
@@ -140,7 +144,8 @@ def caption_notes(results: Sequence[CellResult]) -> list[str]:
         return []
     return [f"LLM rows rank the 30 candidates in {' and '.join(modes)} mode (score: mean "
             "log-likelihood per answer token of each title; generate: greedy decoding "
-            "parsed against the candidate titles)"]
+            "parsed against the candidate titles; an answer naming no candidate is a "
+            "miss)"]
 
 
 @dataclass

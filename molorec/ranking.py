@@ -15,8 +15,9 @@ where naive scoring processes the prompt 30 times.
 
 `generate` mode: greedy decoding, the answer parsed against the candidate titles (exact
 match after whitespace/case normalization, else the longest candidate title contained
-in the answer). An answer that names no candidate is invalid: the request gets no
-candidate ranked first (all scores equal) and counts as a miss in `generate_hits`.
+in the answer). An answer that names no candidate is invalid: its row is all NaN, the
+harness's abstention, which the metrics count as a miss (the positive ranked last), as
+`generate_hits` does. A valid answer ranks the named candidate first and ties the rest.
 """
 
 from __future__ import annotations
@@ -229,10 +230,12 @@ def parse_answer(text: str, titles: Sequence[str]) -> int | None:
 
 
 def generate_scores(parsed: Sequence[int | None], n_candidates: int) -> np.ndarray:
-    """1 for the named candidate, 0 elsewhere; an invalid answer ranks none first."""
+    """1 for the named candidate, 0 elsewhere; an invalid answer's row is all NaN (abstains)."""
     scores = np.zeros((len(parsed), n_candidates))
     for row, j in enumerate(parsed):
-        if j is not None:
+        if j is None:
+            scores[row] = np.nan
+        else:
             scores[row, j] = 1.0
     return scores
 

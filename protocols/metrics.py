@@ -3,7 +3,10 @@
 Tie rule: when the positive's score ties with others, its rank is taken as uniformly
 distributed over the tied block, and a user's value is the expectation over that rank.
 A constant scorer therefore gets exactly the random expectation (NDCG@1 = 1/n).
-Non-finite scores are an error, never a silent rank.
+
+Abstention: a row that is entirely NaN means the system named no candidate (an LLM's
+unparseable answer). It is a miss: the positive ranks last (rank n), so it scores 0 at
+every cutoff below n. Any other non-finite score is an error, never a silent rank.
 """
 
 from __future__ import annotations
@@ -21,18 +24,25 @@ def positive_index(requests: Sequence, positives: Sequence[str]) -> np.ndarray:
     return out
 
 
-def _rank_bounds(scores: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(number strictly above the positive, number tied with it excluding itself)."""
+def abstained(scores: np.ndarray) -> np.ndarray:
+    """Rows that are entirely NaN: the system ranked no candidate first (a miss)."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim != 2:
         raise ValueError(f"scores must be 2-D (users x candidates), got shape {scores.shape}")
-    bad = ~np.isfinite(scores)
+    return np.isnan(scores).all(axis=1) if scores.shape[1] else np.zeros(len(scores), bool)
+
+
+def _rank_bounds(scores: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(number strictly above the positive, number tied with it excluding itself)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    skip = abstained(scores)
+    bad = ~np.isfinite(scores) & ~skip[:, None]
     if bad.any():
         row, col = np.argwhere(bad)[0]
         raise ValueError(f"non-finite score {scores[row, col]} for user row {row}, candidate {col}")
     p = scores[np.arange(len(scores)), pos][:, None]
-    above = (scores > p).sum(axis=1)
-    tied = (scores == p).sum(axis=1) - 1
+    above = np.where(skip, scores.shape[1] - 1, (scores > p).sum(axis=1))
+    tied = np.where(skip, 0, (scores == p).sum(axis=1) - 1)
     return above, tied
 
 

@@ -40,6 +40,19 @@ def test_partial_tie():
 def test_non_finite_is_an_error():
     with pytest.raises(ValueError, match="non-finite"):
         M.ndcg_at_k(np.array([[1.0, np.nan]]), np.array([0]), 1)
+    with pytest.raises(ValueError, match="non-finite"):
+        M.mrr(np.array([[np.inf, np.inf]]), np.array([0]))
+
+
+def test_abstention_is_a_miss_not_a_tie():
+    """A row of NaN ranks the positive last; a row of equal scores gets the expectation."""
+    scores = np.array([[np.nan] * 4, [0.0] * 4, [3.0, 2.0, 1.0, 0.0]])
+    pos = np.array([0, 0, 0])
+    assert M.abstained(scores).tolist() == [True, False, False]
+    assert M.ndcg_at_k(scores, pos, 3).tolist()[0] == 0.0
+    assert M.hr_at_k(scores, pos, 3)[0] == 0.0 and M.hr_at_k(scores, pos, 4)[0] == 1.0
+    assert M.mrr(scores, pos)[0] == pytest.approx(1 / 4)
+    assert M.ndcg_at_k(scores, pos, 1)[1:].tolist() == [pytest.approx(1 / 4), 1.0]
 
 
 def test_metric_names():

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from molorec import ranking as R
+from protocols import metrics as M
 
 
 @pytest.fixture(scope="module")
@@ -100,4 +101,8 @@ def test_generate_mode_counts_invalid_answers_as_misses():
     assert hits.tolist() == [1.0, 0.0, 0.0, 0.0]  # invalid answers are misses
     scores = R.generate_scores(parsed, 3)
     assert scores[0].tolist() == [0, 1, 0] and scores[2].tolist() == [0, 0, 1]
-    assert scores[1].tolist() == [0, 0, 0]  # no candidate ranked first
+    assert np.isnan(scores[1]).all() and np.isnan(scores[3]).all()  # abstentions
+    # the table's metrics agree with the paper's count: an invalid answer is a miss,
+    # not the random expectation a row of equal scores would get
+    ndcg1 = M.ndcg_at_k(scores, np.array([1, 1, 0, 2]), 1)
+    assert ndcg1.tolist() == hits.tolist()

@@ -85,6 +85,52 @@ class _Peeking(System):
         return np.zeros((len(requests), 30))
 
 
+class _Abstaining(System):
+    """Names a candidate for every other user and abstains (a NaN row) for the rest."""
+
+    name = "Abstaining"
+    profiles = {"smoke": {}, "cpu": {}, "paper": {}}
+
+    def fit(self, data, valid):
+        pass
+
+    def score(self, requests):
+        s = np.zeros((len(requests), 30))
+        s[:, 0] = 1.0
+        s[1::2] = np.nan
+        return s
+
+
+class _HalfNaN(_Abstaining):
+    name = "HalfNaN"
+
+    def score(self, requests):
+        s = super().score(requests)
+        s[0, 3] = np.nan
+        return s
+
+
+def test_abstentions_are_exported_as_null_and_count_as_misses(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.BUILTIN, "Abstaining", f"{__name__}:_Abstaining")
+    res = run_table("warm", "smoke", tmp_path, systems=["Abstaining"], log=lambda s: None)
+    cell_dir = tmp_path / "cells" / "ml-100k" / "warm" / "Abstaining" / "seed-0"
+    rows = [json.loads(line) for line in (cell_dir / "scores.jsonl").read_text().splitlines()]
+    assert [r["scores"] is None for r in rows] == [n % 2 == 1 for n in range(len(rows))]
+    proto = Path(json.loads((cell_dir / "cell.json").read_text())["protocol"])
+    for metric in ("NDCG@1", "NDCG@3", "MRR"):
+        value = recompute_from_scores(cell_dir / "scores.jsonl",
+                                      proto / "test_candidates.jsonl", metric)
+        assert value == pytest.approx(res.results[0].mean(metric))
+    hr3 = res.results[0].values["HR@3"]
+    assert (hr3[1::2] == 0).all(), "an abstention is a miss"
+
+
+def test_partly_non_finite_scores_are_refused(tmp_path, monkeypatch):
+    monkeypatch.setitem(registry.BUILTIN, "HalfNaN", f"{__name__}:_HalfNaN")
+    with pytest.raises(ValueError, match="non-finite"):
+        run_table("warm", "smoke", tmp_path, systems=["HalfNaN"], log=lambda s: None)
+
+
 def test_crash_leaves_no_half_written_cell(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.BUILTIN, "Exploding", f"{__name__}:_Exploding")
     with pytest.raises(RuntimeError, match="boom"):

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.api import ScoreRequest, UserSequence
+from baselines import text_encoder
+from bench.api import ScoreRequest, TrainData, UserSequence
 
 CODE_VERSION = 1  # bump when a change invalidates cached pretrained weights
 
@@ -48,6 +49,20 @@ def seqs_digest(seqs: Sequence[UserSequence]) -> str:
         h.update(json.dumps([s.user, list(s.items), s.targets]).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def pretrain_key(cfg: dict[str, Any], fine_tuning: Sequence[str], seed: int,
+                 data: TrainData, **extra: Any) -> str:
+    """Cache key of pretrained weights: the code version, every setting except the
+    fine-tuning ones, the seed, the general corpus, and `extra` (item texts, the text
+    model's files...). Equal keys mean equal pretraining, so cells share the weights."""
+    return digest({"v": CODE_VERSION, "seed": seed, "general": seqs_digest(data.general),
+                   "cfg": {k: v for k, v in cfg.items() if k not in fine_tuning}, **extra})
+
+
+def text_model_key(cfg: dict[str, Any]) -> str:
+    """Content hash of the configured text model's files (for `pretrain_key`)."""
+    return text_encoder.model_digest(str(text_encoder.resolve_model_dir(cfg["text_model"])))
 
 
 class Workspace:
@@ -104,6 +119,28 @@ class ItemVocab:
         for s in seqs:
             mask[self.rows(s.items)] = True
         return mask
+
+
+def with_padding_row(vec: np.ndarray) -> torch.Tensor:
+    """Item vectors (n, d) as a table indexed by vocabulary row: row 0 (padding) is zero."""
+    return torch.cat([torch.zeros(1, vec.shape[1]), torch.from_numpy(vec)])
+
+
+def softmax_pool(vocab: ItemVocab, seqs: Sequence[UserSequence]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of the items seen in `seqs` (the fine-tuning softmax runs over these) and a
+    map from vocabulary row to position in that pool (-1 for items outside it)."""
+    pool = torch.nonzero(torch.from_numpy(vocab.seen_mask(seqs))).squeeze(1)
+    remap = torch.full((len(vocab),), -1, dtype=torch.long)
+    remap[pool] = torch.arange(len(pool))
+    return pool, remap
+
+
+def freeze(*modules: nn.Module) -> None:
+    """Stop gradients into `modules` (fine-tuning keeps the pretrained encoder)."""
+    for m in modules:
+        for p in m.parameters():
+            p.requires_grad_(False)
 
 
 def pad_right(rows: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
@@ -200,11 +237,41 @@ def last_state(h: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     return h[torch.arange(len(h)), (lens - 1).clamp_min(0)]
 
 
+def cosine_scores(requests: Sequence[ScoreRequest], vocab: ItemVocab, max_len: int,
+                  item_table: Callable[[], torch.Tensor],
+                  states: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> np.ndarray:
+    """Cosine between each history's last (normalized) state and its candidates' vectors.
+
+    `item_table()` gives the item vectors by vocabulary row (row 0 padding);
+    `states(hist, items)` the normalized states at every position of right-padded
+    histories."""
+    hist, lens, cand = request_rows(requests, vocab, max_len)
+    out = np.zeros(cand.shape, dtype=np.float64)
+    with torch.no_grad():
+        items = item_table()
+        unit = nn.functional.normalize(items, dim=-1)
+        for idx in batches(len(requests), 512):
+            seq = last_state(states(torch.from_numpy(hist[idx]), items),
+                             torch.from_numpy(lens[idx]))
+            c = unit[torch.from_numpy(cand[idx])]  # (b, n_candidates, d)
+            out[idx] = torch.einsum("bd,bcd->bc", seq, c).double().numpy()
+    return out
+
+
 def _init_weights(module: nn.Module) -> None:
     if isinstance(module, (nn.Linear, nn.Embedding)):
         nn.init.normal_(module.weight, std=0.02)
     if isinstance(module, nn.Linear) and module.bias is not None:
         nn.init.zeros_(module.bias)
+
+
+def sample_queries(states: torch.Tensor, targets: torch.Tensor, n: int,
+                   gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Up to `n` random positions that have a target: (their states, their targets).
+    Pretraining contrasts these against in-batch items instead of every position."""
+    q = torch.nonzero(targets > 0)
+    q = q[torch.randperm(len(q), generator=gen)[:n]]
+    return states[q[:, 0], q[:, 1]], targets[q[:, 0], q[:, 1]]
 
 
 def masked_contrastive(query: torch.Tensor, keys: torch.Tensor, same: torch.Tensor,

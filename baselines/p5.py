@@ -27,14 +27,12 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    CODE_VERSION,
     BestState,
     ItemVocab,
     Workspace,
     batches,
-    digest,
+    pretrain_key,
     seed_all,
-    seqs_digest,
 )
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation
 
@@ -254,10 +252,8 @@ class P5(System):
         width = max(len(c) for c in self.item_code.values())
         self.net = P5Net(cfg, width)
         if data.general and cfg["pretrain_epochs"] > 0:
-            key = digest({"v": CODE_VERSION, "cfg": {k: v for k, v in cfg.items()
-                                                      if k not in ("epochs", "patience")},
-                          "seed": self.seed, "general": seqs_digest(data.general),
-                          "items": vocab.ids, "users": users})
+            key = pretrain_key(cfg, ("epochs", "patience"), self.seed, data, items=vocab.ids,
+                               users=users)
             state = self.ws.cached_state(
                 "p5", key, lambda: (self._train(data.general, cfg["pretrain_epochs"], 1, None),
                                     self.net.state_dict())[1])

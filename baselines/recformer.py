@@ -31,14 +31,14 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    CODE_VERSION,
     BestState,
     ItemVocab,
     Workspace,
     batches,
-    digest,
+    pretrain_key,
     seed_all,
-    seqs_digest,
+    softmax_pool,
+    text_model_key,
 )
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation
 
@@ -227,12 +227,8 @@ class RecFormer(System):
         self.net.tokenize_items(self.vocab.texts)
         if data.general and cfg["pretrain_epochs"] > 0:
             fine_tuning = ("per_user", "stage1_epochs", "stage2_epochs", "patience")
-            key = digest({"v": CODE_VERSION,
-                          "cfg": {k: v for k, v in cfg.items() if k not in fine_tuning},
-                          "model": text_encoder.model_digest(
-                              str(text_encoder.resolve_model_dir(cfg["text_model"]))),
-                          "seed": self.seed, "general": seqs_digest(data.general),
-                          "texts": self.vocab.texts})
+            key = pretrain_key(cfg, fine_tuning, self.seed, data, texts=self.vocab.texts,
+                               model=text_model_key(cfg))
             state = self.ws.cached_state("recformer", key, lambda: self._pretrain(data))
             self.net.load_state_dict(state)
             self.info["pretrained"] = key[:12]
@@ -267,9 +263,7 @@ class RecFormer(System):
 
     def _finetune(self, data: TrainData, valid: Validation) -> None:
         cfg, net = self.config, self.net
-        pool = torch.nonzero(torch.from_numpy(self.vocab.seen_mask(data.train))).squeeze(1)
-        remap = torch.full((len(self.vocab),), -1, dtype=torch.long)
-        remap[pool] = torch.arange(len(pool))
+        pool, remap = softmax_pool(self.vocab, data.train)
         rng = np.random.default_rng([self.seed, 2])
         params = [p for n, p in net.named_parameters()
                   if not n.startswith("mlm") and p.requires_grad]

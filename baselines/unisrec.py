@@ -24,19 +24,22 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    CODE_VERSION,
     BestState,
     CausalEncoder,
     ItemVocab,
     Workspace,
     batches,
-    digest,
+    cosine_scores,
+    freeze,
     last_state,
     masked_contrastive,
     next_item_windows,
-    request_rows,
+    pretrain_key,
+    sample_queries,
     seed_all,
-    seqs_digest,
+    softmax_pool,
+    text_model_key,
+    with_padding_row,
 )
 from bench.api import ScoreRequest, System, TrainData, Validation
 
@@ -149,14 +152,11 @@ class UniSRec(System):
         self.vocab = ItemVocab(data.titles)
         vec = text_encoder.text_vectors(self.vocab.texts, cfg["text_model"], self.ws.root,
                                           pooling=cfg.get("text_pooling", "mean"))
-        text = torch.cat([torch.zeros(1, vec.shape[1]), torch.from_numpy(vec)])
+        text = with_padding_row(vec)
         self.net = UniSRecNet(text, cfg)
         if data.general and cfg["pretrain_epochs"] > 0:
-            key = digest({"v": CODE_VERSION, "cfg": {k: v for k, v in cfg.items()
-                                                      if k not in ("epochs", "patience")},
-                          "seed": self.seed, "general": seqs_digest(data.general),
-                          "texts": self.vocab.texts, "model": text_encoder.model_digest(
-                              str(text_encoder.resolve_model_dir(cfg["text_model"])))})
+            key = pretrain_key(cfg, ("epochs", "patience"), self.seed, data,
+                               texts=self.vocab.texts, model=text_model_key(cfg))
             state = self.ws.cached_state("unisrec", key, lambda: self._pretrain(data, text))
             self.net.load_state_dict(state)
             self.info["pretrained"] = key[:12]
@@ -168,7 +168,7 @@ class UniSRec(System):
         texts_aug = word_drop_texts(self.vocab.texts, cfg["item_drop"], self.seed)
         vec_aug = text_encoder.text_vectors(texts_aug, cfg["text_model"], self.ws.root,
                                               pooling=cfg.get("text_pooling", "mean"))
-        text_aug = torch.cat([torch.zeros(1, vec_aug.shape[1]), torch.from_numpy(vec_aug)])
+        text_aug = with_padding_row(vec_aug)
         hist, lens, tgt = (torch.from_numpy(a) for a in
                            next_item_windows(data.general, self.vocab, cfg["max_len"]))
         opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
@@ -182,11 +182,8 @@ class UniSRec(System):
                 table = net.items()
                 states = net.states(h, table)
                 # sequence-item: a random subset of the positions with a target
-                q = torch.nonzero(y > 0)
-                q = q[torch.randperm(len(q), generator=gen)[:cfg["queries"]]]
-                yq = y[q[:, 0], q[:, 1]]
+                seq, yq = sample_queries(states, y, cfg["queries"], gen)
                 same = yq.unsqueeze(0) == yq.unsqueeze(1)
-                seq = states[q[:, 0], q[:, 1]]
                 loss = masked_contrastive(seq, F.normalize(table[yq], dim=-1), same, tau)
                 # sequence-sequence: each window's last state vs an augmented view
                 last = last_state(states, ln)
@@ -211,14 +208,8 @@ class UniSRec(System):
         cfg, net = self.config, self.net
         hist, _, tgt = (torch.from_numpy(a) for a in
                         next_item_windows(data.train, self.vocab, cfg["max_len"]))
-        seen = torch.from_numpy(self.vocab.seen_mask(data.train))
-        pool = torch.nonzero(seen).squeeze(1)  # softmax over items seen in target training
-        remap = torch.full((len(self.vocab),), -1, dtype=torch.long)
-        remap[pool] = torch.arange(len(pool))
-        for p in net.encoder.position.parameters():
-            p.requires_grad_(False)
-        for p in net.encoder.blocks.parameters():
-            p.requires_grad_(False)
+        pool, remap = softmax_pool(self.vocab, data.train)
+        freeze(net.encoder.position, net.encoder.blocks)
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg["lr"])
         rng = np.random.default_rng([self.seed, 2])
         best = BestState(cfg["patience"])
@@ -247,17 +238,8 @@ class UniSRec(System):
     def score(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         if self.net is None:
             raise RuntimeError("UniSRec.score called before fit")
-        hist, lens, cand = request_rows(requests, self.vocab, self.config["max_len"])
-        out = np.zeros(cand.shape, dtype=np.float64)
-        with torch.no_grad():
-            table = self.net.items()
-            unit = F.normalize(table, dim=-1)
-            for idx in batches(len(requests), 512):
-                h = torch.from_numpy(hist[idx])
-                seq = last_state(self.net.states(h, table), torch.from_numpy(lens[idx]))
-                c = unit[torch.from_numpy(cand[idx])]  # (b, n_cand, d)
-                out[idx] = torch.einsum("bd,bcd->bc", seq, c).double().numpy()
-        return out
+        return cosine_scores(requests, self.vocab, self.config["max_len"], self.net.items,
+                             self.net.states)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)

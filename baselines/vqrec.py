@@ -28,18 +28,19 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    CODE_VERSION,
     BestState,
     CausalEncoder,
     ItemVocab,
     Workspace,
     batches,
-    digest,
-    last_state,
+    cosine_scores,
+    freeze,
     next_item_windows,
-    request_rows,
+    pretrain_key,
+    sample_queries,
     seed_all,
-    seqs_digest,
+    softmax_pool,
+    text_model_key,
 )
 from bench.api import ScoreRequest, System, TrainData, Validation
 
@@ -180,12 +181,8 @@ class VQRec(System):
         self.net = VQRecNet(cfg["n_sub"], 2 ** cfg["bits"], cfg)
         pretrained = bool(data.general) and cfg["pretrain_epochs"] > 0
         if pretrained:
-            key = digest({"v": CODE_VERSION, "cfg": {k: v for k, v in cfg.items()
-                                                      if k not in ("epochs", "patience",
-                                                                   "perm_epochs")},
-                          "seed": self.seed, "general": seqs_digest(data.general),
-                          "texts": self.vocab.texts, "model": text_encoder.model_digest(
-                              str(text_encoder.resolve_model_dir(cfg["text_model"])))})
+            key = pretrain_key(cfg, ("epochs", "patience", "perm_epochs"), self.seed, data,
+                               texts=self.vocab.texts, model=text_model_key(cfg))
             state = self.ws.cached_state("vqrec", key, lambda: self._pretrain(data, vec))
             self.net.load_state_dict(state)
             self.info["pretrained"] = key[:12]
@@ -212,10 +209,7 @@ class VQRec(System):
                 h, y = hist[idx], tgt[idx]
                 items = net.items()
                 states = net.states(h, items)
-                q = torch.nonzero(y > 0)
-                q = q[torch.randperm(len(q), generator=gen)[:cfg["queries"]]]
-                yq = y[q[:, 0], q[:, 1]]
-                seq = states[q[:, 0], q[:, 1]]
+                seq, yq = sample_queries(states, y, cfg["queries"], gen)
                 pos = F.normalize(items[yq], dim=-1)
                 # semi-synthetic negative: the positive's codes, a fraction made random
                 c = net.codes[yq]
@@ -238,13 +232,8 @@ class VQRec(System):
         cfg, net = self.config, self.net
         hist, _, tgt = (torch.from_numpy(a) for a in
                         next_item_windows(data.train, self.vocab, cfg["max_len"]))
-        pool = torch.nonzero(torch.from_numpy(self.vocab.seen_mask(data.train))).squeeze(1)
-        remap = torch.full((len(self.vocab),), -1, dtype=torch.long)
-        remap[pool] = torch.arange(len(pool))
-        for p in net.encoder.position.parameters():
-            p.requires_grad_(False)
-        for p in net.encoder.blocks.parameters():
-            p.requires_grad_(False)
+        pool, remap = softmax_pool(self.vocab, data.train)
+        freeze(net.encoder.position, net.encoder.blocks)
         rng = np.random.default_rng([self.seed, 2])
         gen = torch.Generator().manual_seed(self.seed + 1)
         best = BestState(cfg["patience"])
@@ -308,17 +297,8 @@ class VQRec(System):
     def score(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         if self.net is None:
             raise RuntimeError("VQ-Rec.score called before fit")
-        hist, lens, cand = request_rows(requests, self.vocab, self.config["max_len"])
-        out = np.zeros(cand.shape, dtype=np.float64)
-        with torch.no_grad():
-            items = self.net.items()
-            unit = F.normalize(items, dim=-1)
-            for idx in batches(len(requests), 512):
-                seq = last_state(self.net.states(torch.from_numpy(hist[idx]), items),
-                                 torch.from_numpy(lens[idx]))
-                c = unit[torch.from_numpy(cand[idx])]
-                out[idx] = torch.einsum("bd,bcd->bc", seq, c).double().numpy()
-        return out
+        return cosine_scores(requests, self.vocab, self.config["max_len"], self.net.items,
+                             self.net.states)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)

@@ -22,76 +22,55 @@ harness's abstention, which the metrics count as a miss (the positive ranked las
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
+from molorec.lm import cache_kw, custom_mask, device_of, logits_at, new_cache, right_pad
+
 LENGTH_NORMS = ("mean", "sum")
+KV_SHARING = ("packed", "batch")
 
 
-def _cache_kw(model) -> str:
-    """Transformers renamed `past_key_values` to `cache`; accept both versions."""
-    params = inspect.signature(type(model).forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+def _vocab_index(vocab: torch.Tensor | None, device) -> tuple[torch.Tensor | None, dict | None]:
+    """The restricted vocabulary on `device` and token id -> column (None: full)."""
+    if vocab is None:
+        return None, None
+    vocab = vocab.to(device)
+    return vocab, {int(t): j for j, t in enumerate(vocab.tolist())}
 
 
-def _keep(model, n: int) -> dict[str, int]:
-    """Compute logits for the last n positions only (`num_logits_to_keep` before 4.50)."""
-    params = inspect.signature(type(model).forward).parameters
-    for kw in ("logits_to_keep", "num_logits_to_keep"):
-        if kw in params:
-            return {kw: n}
-    return {}
+def _columns(tokens: Sequence[int], index: dict | None, device) -> torch.Tensor:
+    if index is None:
+        return torch.tensor(list(tokens), device=device)
+    try:
+        return torch.tensor([index[int(t)] for t in tokens], device=device)
+    except KeyError as e:
+        raise ValueError(f"answer token {e.args[0]} is outside the scoring vocabulary") from None
 
 
-def _out_cache(out):
-    return getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+def prefill(model, ids: Sequence[int], vocab: torch.Tensor | None = None):
+    """One forward of a prompt into a fresh full cache: (last-position logits, cache)."""
+    device = device_of(model)
+    cache = new_cache()
+    rows = torch.tensor([len(ids) - 1], device=device)
+    logits, out = logits_at(model, rows, vocab, input_ids=torch.tensor([list(ids)],
+                                                                       device=device),
+                            use_cache=True, **{cache_kw(model): cache})
+    return logits[0].float(), cache
 
 
-def _device(model) -> torch.device:
-    return next(model.parameters()).device
+def _packed(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]], rows_of,
+            vocab: torch.Tensor | None) -> tuple[torch.Tensor, list[int]]:
+    """All continuations on a prompt's cache (batch 1) as one packed sequence.
 
-
-def prefill(model, ids: Sequence[int]):
-    """One forward of a prompt: (last-position logits, KV cache)."""
-    x = torch.tensor([list(ids)], device=_device(model))
-    out = model(input_ids=x, use_cache=True, **_keep(model, 1))
-    return out.logits[0, -1].float(), _out_cache(out)
-
-
-def _right_pad(seqs: Sequence[Sequence[int]], pad: int, device) -> tuple[torch.Tensor, ...]:
-    n = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), n), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, :len(s)] = torch.tensor(list(s), dtype=torch.long)
-        mask[row, :len(s)] = 1
-    return ids.to(device), mask.to(device)
-
-
-def _continue(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]], pad: int):
-    """Run a batch of continuations on a prompt's cache (already repeated to the batch)."""
-    device = _device(model)
-    ids, mask = _right_pad(seqs, pad, device)
-    full_mask = torch.cat([torch.ones((len(seqs), prompt_len), dtype=torch.long,
-                                      device=device), mask], dim=1)
-    pos = torch.arange(prompt_len, prompt_len + ids.shape[1], device=device)
-    pos = pos.unsqueeze(0).expand(len(seqs), -1)
-    return model(input_ids=ids, attention_mask=full_mask, position_ids=pos,
-                 use_cache=True, **{_cache_kw(model): cache}).logits
-
-
-def _packed_continue(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]]
-                     ) -> tuple[torch.Tensor, list[int]]:
-    """Run all continuations on a prompt's cache (batch 1) as one packed sequence.
-
-    A block mask lets each continuation token see the prompt and the earlier tokens of
-    its own continuation only, with positions restarting after the prompt, so every
-    continuation is computed exactly as if it ran alone. Returns logits (T, vocab) and
-    each continuation's start row."""
-    device = _device(model)
+    Each continuation token sees the prompt and the earlier tokens of its own
+    continuation only, with positions restarting after the prompt (and sliding-window
+    layers their window), so every continuation is computed exactly as if it ran alone.
+    `rows_of(starts)` names the packed positions whose logits are wanted. Returns
+    (logits at those rows, each continuation's start)."""
+    device = device_of(model)
     dtype = next(model.parameters()).dtype
     total = sum(len(s) for s in seqs)
     allow = torch.zeros((total, prompt_len + total), dtype=torch.bool)
@@ -105,62 +84,83 @@ def _packed_continue(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]
         allow[off:off + n, prompt_len + off:prompt_len + off + n] = torch.ones(
             (n, n), dtype=torch.bool).tril()
         off += n
-    mask = torch.zeros(allow.shape, dtype=dtype).masked_fill(~allow, torch.finfo(dtype).min)
-    out = model(input_ids=torch.tensor([ids], device=device),
-                attention_mask=mask[None, None].to(device),
-                position_ids=torch.tensor([pos], device=device), use_cache=True,
-                **{_cache_kw(model): cache})
-    return out.logits[0], starts
+    q_pos = torch.tensor(pos)
+    kv_pos = torch.cat([torch.arange(prompt_len), q_pos])
+    mask = custom_mask(model, allow, q_pos, kv_pos, dtype)
+    rows = torch.as_tensor(rows_of(starts), dtype=torch.long, device=device)
+    logits, _ = logits_at(model, rows, vocab, input_ids=torch.tensor([ids], device=device),
+                          attention_mask=mask, position_ids=q_pos[None].to(device),
+                          use_cache=True, **{cache_kw(model): cache})
+    return logits, starts
 
 
-KV_SHARING = ("packed", "batch")
+def _batched(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]],
+             vocab: torch.Tensor | None) -> torch.Tensor:
+    """All continuations as a batch on the prompt's cache repeated per continuation;
+    logits at every real (unpadded) position, concatenated in order."""
+    device = device_of(model)
+    cache.batch_repeat_interleave(len(seqs))
+    ids, mask = right_pad(seqs, 0, device)
+    full_mask = torch.cat([torch.ones((len(seqs), prompt_len), dtype=torch.long,
+                                      device=device), mask], dim=1)
+    pos = torch.arange(prompt_len, prompt_len + ids.shape[1], device=device)
+    rows = torch.nonzero(mask.reshape(-1), as_tuple=True)[0]
+    logits, _ = logits_at(model, rows, vocab, input_ids=ids, attention_mask=full_mask,
+                          position_ids=pos.unsqueeze(0).expand(len(seqs), -1),
+                          use_cache=True, **{cache_kw(model): cache})
+    return logits
 
 
 @torch.no_grad()
 def answer_logprobs(model, prompt: Sequence[int], answers: Sequence[Sequence[int]],
-                    sharing: str = "packed") -> tuple[np.ndarray, np.ndarray]:
+                    sharing: str = "packed", vocab: torch.Tensor | None = None
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(sum of answer-token log-probs, answer lengths) for every answer, sharing the
     prompt: one prefill, then all answers in one forward on its KV cache, either packed
-    into one sequence with a block mask (`packed`) or as a batch of 30 on the cache
-    repeated 30 times (`batch`)."""
+    into one sequence with a block mask (`packed`) or as a batch on the cache repeated
+    per answer (`batch`). Logits are computed only where an answer token is predicted.
+    `vocab` (sorted token ids) restricts the softmax to those tokens (every answer token
+    must be among them); None is the model's whole vocabulary."""
     if any(len(a) == 0 for a in answers):
         raise ValueError("empty answer")
     if sharing not in KV_SHARING:
         raise ValueError(f"sharing must be one of {KV_SHARING}, got {sharing!r}")
-    last, cache = prefill(model, prompt)
+    device = device_of(model)
+    vocab, index = _vocab_index(vocab, device)
+    last, cache = prefill(model, prompt, vocab)
     first = torch.log_softmax(last, -1)
-    total = torch.stack([first[a[0]] for a in answers]).double()
+    total = first[_columns([a[0] for a in answers], index, device)].double()
     rest = [(row, a) for row, a in enumerate(answers) if len(a) > 1]
     if rest:
+        seqs = [a[:-1] for _, a in rest]
         if sharing == "packed":
-            logits, starts = _packed_continue(model, cache, len(prompt),
-                                              [a[:-1] for _, a in rest])
-            rows = [(row, a, logits[st:st + len(a) - 1])
-                    for (row, a), st in zip(rest, starts, strict=True)]
+            logits, _ = _packed(model, cache, len(prompt), seqs,
+                                lambda starts: range(sum(len(s) for s in seqs)), vocab)
         else:
-            cache.batch_repeat_interleave(len(rest))
-            logits = _continue(model, cache, len(prompt), [a[:-1] for _, a in rest], pad=0)
-            rows = [(row, a, logits[j, :len(a) - 1]) for j, (row, a) in enumerate(rest)]
-        for row, a, lg in rows:
-            tgt = torch.tensor(list(a[1:]), device=lg.device)
-            logp = torch.log_softmax(lg.float(), -1)
-            total[row] += logp.gather(-1, tgt[:, None]).sum().double()
+            logits = _batched(model, cache, len(prompt), seqs, vocab)
+        logp = torch.log_softmax(logits.float(), -1)
+        targets = _columns([t for _, a in rest for t in a[1:]], index, device)
+        per_token = logp.gather(-1, targets[:, None])[:, 0].double()
+        sums = torch.split(per_token, [len(s) for s in seqs])
+        for (row, _), s in zip(rest, sums, strict=True):
+            total[row] += s.sum()
     lengths = np.array([len(a) for a in answers], dtype=np.float64)
     return total.cpu().numpy(), lengths
 
 
 @torch.no_grad()
-def answer_logprobs_naive(model, prompt: Sequence[int], answers: Sequence[Sequence[int]]
-                          ) -> tuple[np.ndarray, np.ndarray]:
+def answer_logprobs_naive(model, prompt: Sequence[int], answers: Sequence[Sequence[int]],
+                          vocab: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The reference: one full forward of prompt + answer per candidate."""
-    device = _device(model)
+    device = device_of(model)
+    vocab, index = _vocab_index(vocab, device)
     total = np.empty(len(answers))
     for j, a in enumerate(answers):
         x = torch.tensor([list(prompt) + list(a)], device=device)
-        # logits only where an answer token is predicted, as in the shared path
-        logits = model(input_ids=x, **_keep(model, len(a) + 1)).logits[0, -len(a) - 1:-1]
+        rows = torch.arange(len(prompt) - 1, len(prompt) + len(a) - 1, device=device)
+        logits, _ = logits_at(model, rows, vocab, input_ids=x)
         logp = torch.log_softmax(logits.float(), -1)
-        tgt = torch.tensor(list(a), device=device)
+        tgt = _columns(a, index, device)
         total[j] = float(logp.gather(-1, tgt[:, None]).double().sum())
     return total, np.array([len(a) for a in answers], dtype=np.float64)
 
@@ -184,30 +184,35 @@ def tokens_processed(prompt_len: int, answer_lens: Sequence[int], shared: bool) 
 def yes_no_scores(model, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
                   yes: int, no: int) -> np.ndarray:
     """logit(Yes) - logit(No) after each prefix + suffix: the prefix is prefilled once
-    and the suffixes run packed on its cache."""
-    _, cache = prefill(model, prefix)
-    logits, starts = _packed_continue(model, cache, len(prefix), suffixes)
-    last = torch.tensor([st + len(s) - 1 for st, s in zip(starts, suffixes, strict=True)],
-                        device=logits.device)
-    at = logits[last].float()
-    return (at[:, yes] - at[:, no]).double().cpu().numpy()
+    and the suffixes run packed on its cache; only the two answer logits are projected."""
+    device = device_of(model)
+    pair = torch.tensor([yes, no], device=device)
+    _, cache = prefill(model, prefix, pair)
+    logits, _ = _packed(model, cache, len(prefix), suffixes,
+                        lambda starts: [st + len(s) - 1
+                                        for st, s in zip(starts, suffixes, strict=True)],
+                        pair)
+    at = logits.float()
+    return (at[:, 0] - at[:, 1]).double().cpu().numpy()
 
 
 @torch.no_grad()
 def greedy_decode(model, prompt: Sequence[int], max_new: int, eos: int) -> list[int]:
     """Greedy tokens after `prompt`, stopping at end-of-sequence (not included)."""
-    device = _device(model)
+    device = device_of(model)
     last, cache = prefill(model, prompt)
     out: list[int] = []
-    kw = _cache_kw(model)
-    for _ in range(max_new):
+    for step in range(max_new):
         tok = int(torch.argmax(last))
         if tok == eos:
             break
         out.append(tok)
-        res = model(input_ids=torch.tensor([[tok]], device=device), use_cache=True,
-                    **{kw: cache})
-        last, cache = res.logits[0, -1].float(), _out_cache(res)
+        if step == max_new - 1:
+            break
+        logits, _ = logits_at(model, torch.tensor([0], device=device), None,
+                              input_ids=torch.tensor([[tok]], device=device),
+                              use_cache=True, **{cache_kw(model): cache})
+        last = logits[0].float()
     return out
 
 

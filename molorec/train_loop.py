@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from molorec.instructions import Example
+from molorec.lm import autocast, logits_at
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class TrainSettings:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     gradient_checkpointing: bool = False
+    compute: str = "float32"  # resolved precision (molorec.lm.resolve_compute)
 
     @classmethod
     def from_config(cls, cfg: dict) -> TrainSettings:
@@ -67,23 +69,18 @@ def collate(examples: Sequence[Example], pad_id: int, device) -> dict[str, torch
             "labels": labels.to(device)}
 
 
-def _parts(model):
-    """(decoder stack, output projection) of a causal LM, through a peft wrapper too."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return base.get_decoder(), base.get_output_embeddings()
-
-
 def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of answer-token cross-entropies (the caller divides by the batch's count).
-    The vocabulary projection runs only on the positions that predict an answer token
-    (a few of a prompt's hundreds), which is most of the saving on a small model."""
-    decoder, head = _parts(model)
-    hidden = decoder(input_ids=batch["input_ids"],
-                     attention_mask=batch["attention_mask"]).last_hidden_state
-    labels = batch["labels"][:, 1:]
-    keep = labels != -100
-    logits = head(hidden[:, :-1][keep]).float()
-    return torch.nn.functional.cross_entropy(logits, labels[keep], reduction="sum")
+    """Sum of answer-token cross-entropies (the caller divides by the batch's count),
+    through the model's own forward, with the vocabulary projection only at the
+    positions that predict an answer token (a few of a prompt's hundreds)."""
+    labels = batch["labels"]
+    width = labels.shape[1]
+    follows = labels[:, 1:] != -100  # position t predicts token t + 1
+    b, t = torch.nonzero(follows, as_tuple=True)
+    logits, _ = logits_at(model, b * width + t, None, input_ids=batch["input_ids"],
+                          attention_mask=batch["attention_mask"])
+    return torch.nn.functional.cross_entropy(logits.float(), labels[b, t + 1],
+                                             reduction="sum")
 
 
 def train(model, examples: Sequence[Example], settings: TrainSettings, seed: int,
@@ -129,7 +126,8 @@ def train(model, examples: Sequence[Example], settings: TrainSettings, seed: int
             local = 0.0
             for m in range(0, len(mine), settings.micro_batch_size):
                 micro = collate(mine[m:m + settings.micro_batch_size], pad_id, state.device)
-                loss = answer_loss_sum(model, micro)
+                with autocast(settings.compute, state.device):
+                    loss = answer_loss_sum(model, micro)
                 (loss / n_tokens).backward()
                 local += float(loss.detach())
             if world > 1:

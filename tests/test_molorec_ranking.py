@@ -1,4 +1,6 @@
-"""Ranking: shared-prefix scoring equals naive scoring; generate-mode parsing."""
+"""Ranking: shared-prefix scoring equals naive scoring on every architecture we run (a
+sliding window shorter than the prompt, final-logit soft-capping), restricted
+vocabularies, yes/no logits, greedy decoding; generate-mode parsing."""
 
 from __future__ import annotations
 
@@ -6,26 +8,30 @@ import numpy as np
 import pytest
 import torch
 
+from molorec import lm
 from molorec import ranking as R
 from protocols import metrics as M
+from tests.models import ARCHITECTURES
 
 
-@pytest.fixture(scope="module")
-def model():
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
-    torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=300, hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=1, num_key_value_heads=1,
-                      head_dim=64, max_position_embeddings=512, tie_word_embeddings=True)
-    return Qwen2ForCausalLM(cfg).eval()
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def model(request):
+    return ARCHITECTURES[request.param]()
 
 
 def _case(seed=0, n=30):
     rng = np.random.default_rng(seed)
-    prompt = rng.integers(1, 300, size=120).tolist()
+    prompt = rng.integers(1, 300, size=120).tolist()  # longer than gemma3()'s window
     answers = [rng.integers(1, 300, size=int(rng.integers(1, 9))).tolist() for _ in range(n)]
     return prompt, answers
+
+
+def _plain_logprob(model, prompt, answer) -> float:
+    """log p(answer | prompt) from one ordinary forward and its full logits."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + answer])).logits[0]
+    logp = torch.log_softmax(logits[len(prompt) - 1:-1].float(), -1)
+    return float(logp.gather(-1, torch.tensor(answer)[:, None]).sum())
 
 
 @pytest.mark.parametrize("sharing", R.KV_SHARING)
@@ -36,6 +42,51 @@ def test_shared_prefix_scores_equal_naive(model, sharing):
     np.testing.assert_allclose(shared, naive, atol=1e-4)
     assert (lengths == lengths2).all() and (lengths == [len(a) for a in answers]).all()
     assert np.isfinite(shared).all() and (shared < 0).all()
+    # and both are the model's own distribution (soft-capping included)
+    for j in (0, 7):
+        assert naive[j] == pytest.approx(_plain_logprob(model, prompt, answers[j]), abs=1e-4)
+
+
+def test_packed_scoring_keeps_the_sliding_window():
+    """Without per-layer masks the packed path would give the sliding layers full
+    attention over a prompt longer than their window: visibly different scores."""
+    model = ARCHITECTURES["gemma3"]()
+    prompt, answers = _case()
+    naive, _ = R.answer_logprobs_naive(model, prompt, answers)
+    real = lm.sliding_window
+    try:
+        lm.sliding_window = lambda m: None  # what a single 4D mask amounts to
+        bypassed, _ = R.answer_logprobs(model, prompt, answers, "packed")
+    finally:
+        lm.sliding_window = real
+    assert np.abs(bypassed - naive).max() > 1e-2
+
+
+def test_a_layer_type_we_cannot_mask_is_refused(monkeypatch):
+    model = ARCHITECTURES["gemma3"]()
+    monkeypatch.setattr(lm, "layer_types", lambda m: ("chunked_attention",))
+    prompt, answers = _case()
+    with pytest.raises(lm.UnsupportedModel, match="sharing: batch"):
+        R.answer_logprobs(model, prompt, answers, "packed")
+
+
+def test_restricted_vocabulary_renormalizes_exactly(model):
+    prompt, answers = _case(3)
+    vocab = torch.tensor(sorted({t for a in answers for t in a}))
+    full, _ = R.answer_logprobs(model, prompt, answers)
+    for sharing in R.KV_SHARING:
+        got, _ = R.answer_logprobs(model, prompt, answers, sharing, vocab)
+        naive, _ = R.answer_logprobs_naive(model, prompt, answers, vocab)
+        np.testing.assert_allclose(got, naive, atol=1e-4)
+    assert (got > full).all()  # a smaller normalizer: every answer more likely
+    # by hand for one answer: softmax over the vocabulary's logits only
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt + answers[0]])).logits[0]
+    rows = logits[len(prompt) - 1:-1, vocab].float().log_softmax(-1)
+    cols = [vocab.tolist().index(t) for t in answers[0]]
+    assert got[0] == pytest.approx(float(rows[torch.arange(len(cols)), cols].sum()), abs=1e-4)
+    with pytest.raises(ValueError, match="outside the scoring vocabulary"):
+        R.answer_logprobs(model, prompt, [[int(vocab.max()) + 1]], vocab=vocab)
 
 
 def test_single_token_answers_and_bad_input(model):

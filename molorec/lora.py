@@ -1,27 +1,20 @@
-"""Training a named LoRA adapter with peft on a frozen backbone, and its on-disk form.
-
-An adapter is stored as plain tensors, `<module>.lora_A` (r x in) and `<module>.lora_B`
-(out x r) per adapted linear layer, in safetensors, plus its rank and alpha; the mixture
-reads them back without peft, and any number of adapters can sit on one backbone.
-"""
+"""Training a named LoRA adapter with peft on a frozen backbone, cached in the workdir
+as a PEFT directory (molorec.adapters), keyed on everything that determines it."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from molorec.adapters import Adapter, extract, save_peft
 from molorec.backbone import Backbone
 from molorec.cache import artifact_path, cached_dir, is_built
 from molorec.instructions import Example
+from molorec.lm import resolve_compute
 from molorec.train_loop import TrainSettings, seed_everything, train
-
-PEFT_PREFIX = "base_model.model."
 
 
 @dataclass(frozen=True)
@@ -40,62 +33,6 @@ class LoraSettings:
     @property
     def scaling(self) -> float:
         return self.alpha / self.r
-
-
-@dataclass
-class Adapter:
-    """Low-rank updates per module (names as in the bare backbone): delta W = B A * scaling."""
-
-    name: str
-    scaling: float
-    weights: dict[str, tuple[torch.Tensor, torch.Tensor]]  # module -> (A, B)
-
-
-def extract(peft_model, adapter_name: str) -> Adapter:
-    """Copy one adapter's A/B matrices out of a peft model."""
-    from peft.tuners.lora import LoraLayer
-
-    weights, scaling = {}, None
-    for name, mod in peft_model.named_modules():
-        if isinstance(mod, LoraLayer) and adapter_name in mod.lora_A:
-            base = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
-            a = mod.lora_A[adapter_name].weight.detach().float().cpu().clone()
-            b = mod.lora_B[adapter_name].weight.detach().float().cpu().clone()
-            weights[base] = (a, b)
-            scaling = float(mod.scaling[adapter_name])
-    if not weights:
-        raise ValueError(f"no LoRA layers named {adapter_name!r} in the model")
-    return Adapter(adapter_name, scaling, weights)
-
-
-def save_adapter(adapter: Adapter, out: Path, meta: dict[str, Any]) -> None:
-    from safetensors.torch import save_file
-
-    tensors = {}
-    for mod, (a, b) in adapter.weights.items():
-        tensors[f"{mod}.lora_A"] = a.contiguous()
-        tensors[f"{mod}.lora_B"] = b.contiguous()
-    save_file(tensors, str(out / "adapter.safetensors"))
-    (out / "adapter.json").write_text(json.dumps(
-        {"name": adapter.name, "scaling": adapter.scaling, **meta}, indent=1, default=str))
-
-
-def load_adapter(path: Path, name: str | None = None) -> Adapter:
-    """Read an adapter this code saved (safetensors holds tensors only: no pickle)."""
-    from safetensors.torch import load_file
-
-    meta = json.loads((Path(path) / "adapter.json").read_text())
-    tensors = load_file(str(Path(path) / "adapter.safetensors"))
-    weights = {}
-    for key in tensors:
-        if key.endswith(".lora_A"):
-            mod = key[:-len(".lora_A")]
-            weights[mod] = (tensors[key], tensors[f"{mod}.lora_B"])
-    return Adapter(name or meta["name"], float(meta["scaling"]), weights)
-
-
-def adapter_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "adapter.json").read_text())
 
 
 def train_adapter(backbone: Backbone, examples: Sequence[Example], lora: LoraSettings,
@@ -120,12 +57,12 @@ def ensure_adapter(workdir: str | Path, kind: str, key: dict[str, Any], backbone
                    settings: TrainSettings, seed: int, name: str) -> Path:
     """The cached adapter for `key`, trained (once) if missing. `key` must hold everything
     the examples depend on; the backbone, LoRA and training settings are added here."""
-    full_key = {**key, "backbone": backbone.key, "lora": asdict(lora),
-                "train": asdict(settings), "seed": seed, "adapter": name}
-
     from accelerate import PartialState
 
     state = PartialState()
+    settings = replace(settings, compute=resolve_compute(backbone.compute, state.device))
+    full_key = {**key, "backbone": backbone.key, "lora": asdict(lora),
+                "train": asdict(settings), "seed": seed, "adapter": name}
     path = artifact_path(workdir, kind, full_key)
     if is_built(path):
         return path
@@ -134,8 +71,9 @@ def ensure_adapter(workdir: str | Path, kind: str, key: dict[str, Any], backbone
     examples = make_examples()
     adapter, losses = train_adapter(backbone, examples, lora, settings, seed, name)
     meta = {"losses": losses, "examples": len(examples), "seconds": time.perf_counter() - t0,
-            "processes": state.num_processes}
+            "processes": state.num_processes, "compute": settings.compute}
     if state.is_main_process:
-        cached_dir(workdir, kind, full_key, lambda out: save_adapter(adapter, out, meta))
+        cached_dir(workdir, kind, full_key,
+                   lambda out: save_peft(adapter, out, backbone.path, meta))
     state.wait_for_everyone()
     return path

@@ -3,23 +3,26 @@
 Each adapted linear layer computes  W x + sum_i w_i * B_i A_i x * (alpha_i / r_i)  with
 w = softmax(theta) for that layer (theta is the only trainable tensor). `merge()` folds
 the mixture into W, so inference then costs exactly one plain model; `unmerge()` takes
-it back out. Three ways to set theta: fixed weights, a grid search scored on the
-validation candidates, or entropy-guided learning on unlabeled prompts (the paper's
-test-time objective: mean entropy of the next-token distribution over the first k
-answer tokens, gradients into theta alone).
+it back out; `as_adapter()` writes the current mixture as one exact LoRA, which is how
+the rows serve it. Theta is learned here by entropy-guided learning on unlabeled prompts
+(the paper's test-time objective: mean entropy of the next-token distribution over the
+first k answer tokens, gradients into theta alone); fixed and grid weights are set by
+the rows directly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from molorec.lora import Adapter
+from molorec.adapters import Adapter, concat
+from molorec.lm import autocast, device_of, logits_at, right_pad
 from molorec.ranking import greedy_decode
+from molorec.selection import by_block
 
 
 class MixtureLinear(nn.Module):
@@ -105,6 +108,7 @@ class Mixture:
             raise ValueError(f"adapter names must be distinct: {names}")
         self.model = model
         self.names = names
+        self.adapters = list(adapters)
         modules = sorted(set().union(*(a.weights for a in adapters)), key=_layer_order)
         self.layers: dict[str, MixtureLinear] = {}
         for mod in modules:
@@ -145,50 +149,31 @@ class Mixture:
         for layer in self.layers.values():
             layer.unmerge()
 
+    def as_adapter(self, name: str = "mixture") -> Adapter:
+        """The current per-layer mixture as one exact LoRA (see adapters.concat)."""
+        weights = {mod: layer.weights().detach().tolist() for mod, layer in self.layers.items()}
+        return concat(self.adapters, weights, name)
+
+    def remove(self) -> None:
+        """Put the plain linear layers back (unmerging first): the model is as before."""
+        if self.merged:
+            self.unmerge()
+        for mod, layer in self.layers.items():
+            _set_module(self.model, mod, layer.base)
+        self.layers = {}
+
     def weights_by_layer(self) -> dict[str, list[float]]:
         return {mod: [round(float(w), 4) for w in layer.weights().detach()]
                 for mod, layer in self.layers.items()}
 
     def weights_by_block(self) -> dict[str, list[float]]:
         """Mean weights per transformer block (a readable summary of the per-layer ones)."""
-        groups: dict[str, list[list[float]]] = {}
-        for mod, layer in self.layers.items():
-            groups.setdefault(_block(mod), []).append(layer.weights().detach().tolist())
-        return {b: [round(float(x), 4) for x in np.mean(ws, axis=0)]
-                for b, ws in groups.items()}
-
-
-def _block(module: str) -> str:
-    parts = module.split(".")
-    for j, p in enumerate(parts[:-1]):
-        if p == "layers" and parts[j + 1].isdigit():
-            return f"layer {parts[j + 1]}"
-    return module
+        return by_block({mod: layer.weights().detach().tolist()
+                         for mod, layer in self.layers.items()})
 
 
 def _layer_order(module: str) -> tuple:
     return tuple(int(p) if p.isdigit() else p for p in module.split("."))
-
-
-def grid_search(mix: Mixture, grid: Sequence[float], evaluate: Callable[[], float]
-                ) -> tuple[float, dict[float, float]]:
-    """Weight on the first adapter from `grid` (the rest go to the second), scored by
-    `evaluate()` on the merged model; the first best value wins ties."""
-    if len(mix.names) != 2:
-        raise ValueError("grid search mixes exactly two adapters")
-    results: dict[float, float] = {}
-    for w in grid:
-        if not 0.0 <= w <= 1.0:
-            raise ValueError(f"grid weights must be in [0, 1], got {w}")
-        mix.set_weights([w, 1.0 - w])
-        mix.merge()
-        try:
-            results[float(w)] = float(evaluate())
-        finally:
-            mix.unmerge()
-    best = max(results, key=lambda w: (results[w], -list(results).index(w)))
-    mix.set_weights([best, 1.0 - best])
-    return best, results
 
 
 def answer_entropy(model, prompts: Sequence[Sequence[int]], k: int, eos: int
@@ -202,32 +187,33 @@ def answer_entropy(model, prompts: Sequence[Sequence[int]], k: int, eos: int
     end-of-sequence) is summed. The vocabulary projection runs on those positions only."""
     if k < 1:
         raise ValueError("k must be >= 1")
-    device = next(model.parameters()).device
-    seqs, spans = [], []
+    device = device_of(model)
+    seqs, rows = [], []
     for p in prompts:
         gen = greedy_decode(model, p, k - 1, eos)
         seqs.append(list(p) + gen)
-        spans.append((len(p) - 1, len(gen) + 1))  # rows whose logits predict answer tokens
-    n = max(len(s) for s in seqs)
-    ids = torch.zeros((len(seqs), n), dtype=torch.long)
-    mask = torch.zeros((len(seqs), n), dtype=torch.long)
-    for row, s in enumerate(seqs):
-        ids[row, :len(s)] = torch.tensor(s)
-        mask[row, :len(s)] = 1
-    hidden = model.get_decoder()(input_ids=ids.to(device),
-                                 attention_mask=mask.to(device)).last_hidden_state
-    rows = torch.cat([hidden[row, start:start + count]
-                      for row, (start, count) in enumerate(spans)])
-    logp = torch.log_softmax(model.get_output_embeddings()(rows).float(), -1)
+        rows.append((len(p) - 1, len(gen) + 1))  # positions whose logits predict answers
+    ids, mask = right_pad(seqs, 0, device)
+    width = ids.shape[1]
+    keep = torch.tensor([row * width + start + j for row, (start, count) in enumerate(rows)
+                         for j in range(count)], device=device)
+    logits, _ = logits_at(model, keep, None, input_ids=ids, attention_mask=mask)
+    logp = torch.log_softmax(logits.float(), -1)
     ent = -(logp.exp() * logp).sum(-1)
     return ent.sum(), len(ent)
 
 
 def learn_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, lr: float,
                   epochs: int, batch_size: int, eos: int, seed: int,
-                  micro_batch_size: int | None = None) -> list[float]:
+                  micro_batch_size: int | None = None, stop_on_rise: bool = False,
+                  compute: str = "float32") -> list[float]:
     """Adam on theta alone to minimize the mean `answer_entropy` over unlabeled prompts;
-    returns the mean entropy per epoch (measured during the epoch)."""
+    returns the mean entropy per epoch (measured during the epoch, from the theta the
+    epoch starts with).
+
+    `stop_on_rise` is a label-free stopping rule: learning stops at the first epoch whose
+    entropy is higher than the one before, and theta goes back to the start of the epoch
+    with the lowest entropy (a too-large step can overshoot and raise the entropy)."""
     if mix.merged:
         raise RuntimeError("learn theta on the unmerged mixture")
     if not prompts:
@@ -235,8 +221,11 @@ def learn_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, lr:
     micro = micro_batch_size or batch_size
     opt = torch.optim.Adam(mix.thetas(), lr=lr)
     rng = np.random.default_rng(seed)
-    history = []
+    history: list[float] = []
+    starts: list[list[torch.Tensor]] = []
+    device = device_of(mix.model)
     for _ in range(epochs):
+        starts.append([t.detach().clone() for t in mix.thetas()])
         order = rng.permutation(len(prompts))
         total, count = 0.0, 0
         for start in range(0, len(order), batch_size):
@@ -244,7 +233,8 @@ def learn_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, lr:
             opt.zero_grad(set_to_none=True)
             batch_sum, n_batch = 0.0, 0
             for m in range(0, len(batch), micro):  # summed gradients, then the mean
-                ent_sum, n = answer_entropy(mix.model, batch[m:m + micro], k, eos)
+                with autocast(compute, device):
+                    ent_sum, n = answer_entropy(mix.model, batch[m:m + micro], k, eos)
                 ent_sum.backward()
                 batch_sum += float(ent_sum.detach())
                 n_batch += n
@@ -255,4 +245,11 @@ def learn_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, lr:
             total += batch_sum
             count += n_batch
         history.append(total / count)
+        if stop_on_rise and len(history) > 1 and history[-1] > history[-2]:
+            break
+    if stop_on_rise:
+        best = int(np.argmin(history))
+        with torch.no_grad():
+            for t, saved in zip(mix.thetas(), starts[best], strict=True):
+                t.copy_(saved)
     return history

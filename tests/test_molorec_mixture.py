@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from molorec.lora import Adapter, extract
-from molorec.mixture import Mixture, answer_entropy, grid_search, learn_entropy
+from molorec.adapters import Adapter, extract
+from molorec.mixture import Mixture, answer_entropy, learn_entropy
 
 
 def _base():
@@ -137,23 +137,3 @@ def test_entropy_learning_lowers_entropy():
     mix.merge()
     with pytest.raises(RuntimeError):
         learn_entropy(mix, prompts, k=3, lr=0.3, epochs=1, batch_size=6, eos=0, seed=0)
-
-
-def test_grid_search_picks_the_best_validation_value():
-    base = _base()
-    a, _ = _random_adapter(base, "general", 1)
-    b, _ = _random_adapter(base, "specific", 2)
-    model = copy.deepcopy(base)
-    mix = Mixture(model, [a, b])
-    seen = []
-
-    def evaluate():
-        assert mix.merged  # evaluated on the merged model
-        w = next(iter(mix.weights_by_layer().values()))[0]
-        seen.append(w)
-        return -abs(w - 0.25)
-
-    best, table = grid_search(mix, [0.0, 0.25, 0.5, 1.0], evaluate)
-    assert best == 0.25 and len(table) == 4 and not mix.merged
-    assert seen == pytest.approx([0.0, 0.25, 0.5, 1.0], abs=1e-4)
-    assert next(iter(mix.weights_by_layer().values())) == pytest.approx([0.25, 0.75], abs=1e-4)

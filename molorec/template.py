@@ -14,12 +14,14 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-TEMPLATE_VERSION = "molorec-template-1"
+TEMPLATE_VERSION = "molorec-template-2"  # 2: yes/no question before the candidate
 
 RANK_HEADER = "Task: recommend the next item for a user.\n"
 HISTORY_HEAD = "The user's history, oldest first:\n"
 CANDIDATES_HEAD = "Candidates:\n"
 RANK_QUESTION = "Which candidate will the user choose next? Answer with its title.\n"
+# when the prompt lists no candidates (every candidate is still scored as the answer)
+OPEN_QUESTION = "Which item will the user choose next? Answer with its title.\n"
 ANSWER_HEAD = "Answer:\n"
 
 YN_HEADER = "Task: decide whether a user will choose an item next.\n"
@@ -34,12 +36,12 @@ _TEXTS = (RANK_HEADER, HISTORY_HEAD, CANDIDATES_HEAD, RANK_QUESTION, ANSWER_HEAD
 
 def template_hash() -> str:
     """sha256 of the version and every template string: changes invalidate caches."""
-    blob = json.dumps([TEMPLATE_VERSION, *_TEXTS])
+    blob = json.dumps([TEMPLATE_VERSION, *_TEXTS, OPEN_QUESTION])
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def template_texts() -> tuple[str, ...]:
-    """The fixed strings (the local tokenizer is trained on them too)."""
+    """The fixed strings the tiny backbone's tokenizer and pretraining text use."""
     return _TEXTS
 
 
@@ -60,7 +62,9 @@ class Encoder:
         if tokenizer.eos_token_id is None:
             raise ValueError("the tokenizer has no eos token")
         self.eos = int(tokenizer.eos_token_id)
-        self.pre: tuple[int, ...] = ()
+        # what the tokenizer puts before any text (Gemma's and Llama's <bos>): models
+        # trained with it degrade without it. A chat template writes its own.
+        self.pre: tuple[int, ...] = () if chat else _start_tokens(tokenizer)
         self.post: tuple[int, ...] = ()
         if chat:
             marker = "\x00MOLOREC\x00"
@@ -98,6 +102,14 @@ class Encoder:
         return ids[0]
 
 
+def _start_tokens(tokenizer) -> tuple[int, ...]:
+    """The special tokens a tokenizer adds before a text (none for Qwen2)."""
+    full = list(tokenizer("x")["input_ids"])
+    plain = list(tokenizer("x", add_special_tokens=False)["input_ids"])
+    n = len(full) - len(plain)
+    return tuple(full[:n]) if n > 0 and full[n:] == plain else ()
+
+
 def _history_lines(enc: Encoder, history: Sequence[str], budget: int,
                    max_history: int | None) -> tuple[list[int], int]:
     """Newest titles first until `budget` tokens are used; returned oldest first."""
@@ -125,17 +137,24 @@ class Prompt:
 
 
 def rank_prompt(enc: Encoder, history: Sequence[str], candidates: Sequence[str],
-                max_len: int, answer_reserve: int, max_history: int | None = None) -> Prompt:
-    """Ranking prompt: history, the full candidate list, the question.
+                max_len: int, answer_reserve: int, max_history: int | None = None,
+                list_candidates: bool = True) -> Prompt:
+    """Ranking prompt: history, the full candidate list, the question. Without
+    `list_candidates` the prompt asks for the next item outright (half the tokens on a
+    CPU budget; every candidate is still scored as the answer).
 
     `answer_reserve` tokens are kept free for the answer (the longest candidate answer),
     so prompt + any candidate fits `max_len`.
     """
     head = list(enc.pre) + list(enc.ids(RANK_HEADER)) + list(enc.ids(HISTORY_HEAD))
-    tail = list(enc.ids(CANDIDATES_HEAD))
-    for title in candidates:
-        tail.extend(enc.line(title))
-    tail += list(enc.ids(RANK_QUESTION)) + list(enc.post) + list(enc.ids(ANSWER_HEAD))
+    if list_candidates:
+        tail = list(enc.ids(CANDIDATES_HEAD))
+        for title in candidates:
+            tail.extend(enc.line(title))
+        tail += list(enc.ids(RANK_QUESTION))
+    else:
+        tail = list(enc.ids(OPEN_QUESTION))
+    tail += list(enc.post) + list(enc.ids(ANSWER_HEAD))
     budget = max_len - answer_reserve - len(head) - len(tail)
     if budget < 0:
         raise PromptTooLong(
@@ -149,19 +168,20 @@ def rank_prompt(enc: Encoder, history: Sequence[str], candidates: Sequence[str],
 def yes_no_parts(enc: Encoder, history: Sequence[str], candidates: Sequence[str],
                  max_len: int, max_history: int | None = None
                  ) -> tuple[tuple[int, ...], list[tuple[int, ...]], int]:
-    """TALLRec prompts for several candidates: a shared prefix (header + history) and one
-    suffix per candidate (candidate, question, answer head). Returns (prefix, suffixes,
-    history titles kept); prefix + the longest suffix + 1 answer token fits `max_len`."""
+    """TALLRec prompts for several candidates: a shared prefix (header, history,
+    question) and one short suffix per candidate (candidate, answer head), so that the
+    30 suffixes cost little after one prefill. Returns (prefix, suffixes, history titles
+    kept); prefix + the longest suffix + 1 answer token fits `max_len`."""
     head = list(enc.pre) + list(enc.ids(YN_HEADER)) + list(enc.ids(HISTORY_HEAD))
+    question = list(enc.ids(YN_QUESTION))
     suffixes = []
     for title in candidates:
-        s = (enc.ids(YN_CANDIDATE_HEAD) + enc.line(title) + enc.ids(YN_QUESTION) + enc.post
-             + enc.ids(ANSWER_HEAD))
+        s = enc.ids(YN_CANDIDATE_HEAD) + enc.line(title) + enc.post + enc.ids(ANSWER_HEAD)
         suffixes.append(s)
     longest = max(len(s) for s in suffixes)
-    budget = max_len - 1 - len(head) - longest
+    budget = max_len - 1 - len(head) - len(question) - longest
     if budget < 0:
-        raise PromptTooLong(f"a yes/no prompt needs {len(head) + longest + 1} tokens, more "
-                            f"than max_len={max_len}")
+        raise PromptTooLong(f"a yes/no prompt needs {len(head) + len(question) + longest + 1} "
+                            f"tokens, more than max_len={max_len}")
     hist, n = _history_lines(enc, history, budget, max_history)
-    return tuple(head + hist), suffixes, n
+    return tuple(head + hist + question), suffixes, n

@@ -80,4 +80,4 @@ def micro_config(system: str = "molorec", **overrides: Any) -> dict[str, Any]:
         cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
     from molorec.profiles import _PARTS
 
-    return {p: cfg[p] for p in _PARTS[system]}
+    return {p: cfg[p] for p in _PARTS[system] if p in cfg}

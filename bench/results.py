@@ -106,7 +106,7 @@ def _manifest(proto_dir: Path) -> dict | None:
 
 
 @lru_cache(maxsize=16)
-def _test_candidates(path: str, _stamp: tuple[int, int]) -> TestCandidates | str:
+def _test_candidates(path: str, _stamp: tuple[int, ...]) -> TestCandidates | str:
     """Parsed test candidates, or why they cannot be used (cached per file version)."""
     proto_dir = Path(path)
     m = _manifest(proto_dir)
@@ -128,12 +128,16 @@ def _test_candidates(path: str, _stamp: tuple[int, int]) -> TestCandidates | str
 
 
 def read_test_candidates(proto_dir: Path) -> TestCandidates | str:
-    f = Path(proto_dir) / "test_candidates.jsonl"
-    try:
-        st = f.stat()
-    except OSError:
-        return f"{f} not found"
-    return _test_candidates(str(Path(proto_dir).resolve()), (st.st_mtime_ns, st.st_size))
+    """The protocol's test candidates after checking the file against its manifest, or
+    why they cannot be used. Cached while neither file changes."""
+    stamp = []
+    for name in ("test_candidates.jsonl", "manifest.json"):
+        try:
+            st = (Path(proto_dir) / name).stat()
+        except OSError:
+            return f"{Path(proto_dir) / name} not found"
+        stamp += [st.st_mtime_ns, st.st_size]
+    return _test_candidates(str(Path(proto_dir).resolve()), tuple(stamp))
 
 
 def find_protocol(cell_dir: Path, meta: dict) -> Path | None:

@@ -264,7 +264,9 @@ def _listed(option: str, given: Sequence | None, default: Sequence) -> tuple:
     list is an error (it used to mean "the default" silently)."""
     if given is None:
         return tuple(default)
-    if isinstance(given, str) or not given:
+    if isinstance(given, str):
+        given = [given]
+    if not given:
         raise OptionError(f"{option} is empty: give a comma-separated list, or omit it for "
                           "the profile's default")
     dupes = sorted({str(x) for x in given if list(given).count(x) > 1})

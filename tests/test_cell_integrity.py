@@ -126,3 +126,14 @@ def test_a_cell_whose_protocol_was_replaced_is_refused(run_dir):
     (_cell(run_dir) / "cell.json").write_text(json.dumps(meta))
     with pytest.raises(DamagedCells, match="no protocol with its candidates_sha256"):
         rebuild(run_dir, "warm", log=lambda s: None)
+
+
+def test_an_edited_manifest_is_seen_at_once(run_dir):
+    """The parsed candidates are cached per protocol; editing its manifest invalidates it."""
+    proto = next((run_dir / "protocols").rglob("manifest.json")).parent
+    load_cell(_cell(run_dir), proto)
+    m = json.loads((proto / "manifest.json").read_text())
+    m["candidates_sha256"] = "f" * 64
+    (proto / "manifest.json").write_text(json.dumps(m, indent=1))
+    with pytest.raises(DamagedCell, match="the protocol .* has ffffffffffff"):
+        load_cell(_cell(run_dir), proto)

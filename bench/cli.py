@@ -19,7 +19,16 @@ EPILOG = """examples:
 
 
 def _csv(text: str) -> list[str]:
+    """Comma-separated names; empty items are dropped (an empty list is refused later)."""
     return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}") from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,16 +48,19 @@ def _parser() -> argparse.ArgumentParser:
                           "paper: the paper's datasets and settings, for GPUs")
     run.add_argument("--datasets", type=_csv, help="comma-separated (default: the profile's)")
     run.add_argument("--systems", type=_csv, help="comma-separated (default: the profile's)")
-    run.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)],
-                     help="comma-separated integers (default: the profile's)")
-    run.add_argument("--out", default="runs/default", help="results directory (cache)")
-    run.add_argument("--force", action="store_true", help="recompute cached cells")
+    run.add_argument("--seeds", type=_ints,
+                     help="comma-separated integers >= 0 (default: the profile's)")
+    run.add_argument("--out", default="runs/default",
+                     help="results directory (cache): absent, empty, or written by a "
+                          "previous run;\nlocked while a run uses it")
+    run.add_argument("--force", action="store_true",
+                     help="rebuild the protocols and recompute cached cells")
     run.add_argument("--reference", choices=["paper"],
                      help="add the paper's published numbers, labelled as such")
     run.add_argument("--data-path", help="directory of the dataset's files (one dataset)")
 
     rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
-    rep.add_argument("--out", default="runs/default")
+    rep.add_argument("--out", default="runs/default", help="a results directory of `run`")
     rep.add_argument("--table", choices=list(profiles.TABLE_SETTINGS),
                      help="default: every table with stored cells")
     rep.add_argument("--reference", choices=["paper"])
@@ -63,26 +75,34 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--setting", required=True,
                    choices=["warm", "cold", "fewshot-10", "fewshot-20", "fewshot-30"])
     b.add_argument("--seed", type=int, default=0)
-    b.add_argument("--out", required=True, help="directory to write (replaced atomically)")
+    b.add_argument("--out", required=True,
+                   help="directory to write: absent, empty, or a protocol directory built "
+                        "before (replaced atomically); never inside --data-path")
     b.add_argument("--data-path", help="directory with the raw files / RecBole atomic files")
     b.add_argument("--kcore", type=int, default=5, help="k-core filter (default 5)")
     b.add_argument("--general-fraction", type=float, default=0.5,
                    help="share of users moved to the domain-general corpus (default 0.5)")
     b.add_argument("--cold-fraction", type=float, default=0.1,
                    help="share of items made new in the cold setting (default 0.1)")
-    b.add_argument("--max-users", type=int, help="seeded user subsample per part")
+    b.add_argument("--max-users", type=int, help="seeded user subsample per part (>= 1)")
 
     data = sub.add_parser("data", help="datasets").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     d = data.add_parser("download", help="download a dataset (needs internet)")
     d.add_argument("name", help="ml-1m, ml-10m, amazon2014-<Category>, ...")
     d.add_argument("--dest", help="default: $MOLOREC_BENCH_DATA or ~/.cache/molorec-bench/data")
+    d.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds to wait for the server at each step (default 60)")
     d.add_argument("--base-url", help=argparse.SUPPRESS)
     return p
 
 
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
 def _cmd_run(a: argparse.Namespace) -> int:
-    from bench.runner import run_table
+    from bench.runner import failures_path, run_table
 
     res = run_table(a.table, a.profile, a.out, a.datasets, a.systems, a.seeds, a.force,
                     a.reference, a.data_path)
@@ -90,13 +110,21 @@ def _cmd_run(a: argparse.Namespace) -> int:
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")
     print(f"wall time: {res.seconds:.0f} s")
+    if res.failures:
+        shown = "the table above has the rows that finished" if res.paths else "no table"
+        _warn(f"error: {len(res.failures)} cell(s) failed ({shown}; failed rows are marked):")
+        for f in res.failures:
+            _warn(f"  {f.line()}")
+        _warn(f"tracebacks: {failures_path(Path(a.out), a.table)}; fix the system and rerun "
+              "(finished cells are reused)")
+        return 1
     return 0
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
     from bench.report import rebuild
 
-    for paths in rebuild(Path(a.out), a.table, a.reference):
+    for paths in rebuild(Path(a.out), a.table, a.reference, log=_warn):
         print(paths["md"].read_text())
         for kind, path in paths.items():
             print(f"wrote {kind}: {path}")
@@ -110,6 +138,8 @@ def _cmd_list(_: argparse.Namespace) -> int:
     for name, target in registry.available().items():
         origin = "built-in" if name in builtin else "plugin"
         print(f"{name:12s} {origin:8s} {target}")
+    for reason in registry.refused().values():
+        _warn(f"refused: {reason}")
     return 0
 
 
@@ -129,7 +159,7 @@ def _cmd_data(a: argparse.Namespace) -> int:
     from protocols.download import download_dataset
 
     path = download_dataset(a.name, Path(a.dest) if a.dest else data_home(),
-                            base_url=a.base_url)
+                            base_url=a.base_url, timeout=a.timeout)
     print(f"downloaded {a.name} to {path}")
     return 0
 
@@ -140,13 +170,12 @@ COMMANDS = {"run": _cmd_run, "report": _cmd_report, "list-systems": _cmd_list,
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    from bench.registry import UnknownSystem
-    from protocols.errors import ProtocolError
+    from protocols.errors import HarnessError
 
     try:
         return COMMANDS[args.command](args)
-    except (ProtocolError, UnknownSystem) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except HarnessError as e:  # every error the harness defines says what to do
+        _warn(f"error: {e}")
         return 2
 
 

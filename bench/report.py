@@ -1,37 +1,122 @@
-"""`bench report`: rebuild tables from stored cells, without training anything."""
+"""`bench report`: rebuild tables from stored cells, without training anything.
+
+Every cell is verified first (`bench.results.load_cell`: recorded hashes, metrics
+recomputed from scores); a damaged cell is named and the report refused, never used.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+from bench import outdir, registry
 from bench.profiles import TABLE_SETTINGS
-from bench.results import CellResult, load_cell
-from bench.runner import caption_notes
+from bench.results import CellResult, DamagedCell, load_cell
+from bench.runner import _slug, caption_notes, failure_note, failures_path
+from protocols.errors import HarnessError, OutputError
 
 
-def stored_cells(out: Path) -> list[CellResult]:
-    return [load_cell(p.parent) for p in sorted((out / "cells").glob("*/*/*/seed-*/cell.json"))]
+class DamagedCells(HarnessError, ValueError):
+    """One or more stored cells failed verification."""
 
 
-def rebuild(out: Path, table: str | None = None, reference: str | None = None
-            ) -> list[dict[str, Path]]:
-    """Render each requested table from the cells stored under `out`."""
+def _canonical_dir(c: CellResult) -> str | None:
+    """The directory name the current code gives the cell's system, from its class."""
+    by_target = {t: n for n, t in registry.available().items()}
+    name = by_target.get(str(c.meta.get("class", "")))
+    return _slug(name) if name else None
+
+
+def _dedupe(found: list[tuple[Path, CellResult]], log: Callable[[str], None]
+            ) -> list[CellResult]:
+    """One cell per (table, dataset, setting, row, seed). Older versions stored a system
+    named in another case twice (`random/` beside `Random/`): the canonical one is kept
+    and the other named; any other duplicate is an error."""
+    groups: dict[tuple, list[tuple[Path, CellResult]]] = {}
+    for d, c in found:
+        groups.setdefault((c.table, c.dataset, c.setting, c.system, c.seed), []).append((d, c))
+    kept = []
+    for key, cells in groups.items():
+        if len(cells) == 1:
+            kept.append(cells[0][1])
+            continue
+        canon = [(d, c) for d, c in cells if d.parent.name == _canonical_dir(c)]
+        if len(canon) != 1:
+            raise DamagedCells(f"{len(cells)} cells for {key[3]} on {key[1]} ({key[2]}), seed "
+                               f"{key[4]}: {', '.join(str(d) for d, _ in cells)}; delete all "
+                               "but one")
+        for d, _ in cells:
+            if d != canon[0][0]:
+                log(f"warning: ignoring {d}, a second cell for {key[3]} (stored under a "
+                    f"non-canonical name by an older version); {canon[0][0]} is used. "
+                    "Delete it to silence this warning.")
+        kept.append(canon[0][1])
+    return kept
+
+
+def stored_cells(out: Path, log: Callable[[str], None] = print) -> list[CellResult]:
+    """Every cell under `out`, verified; refuses (naming each) if any is damaged."""
+    found, damaged = [], []
+    for p in sorted((Path(out) / "cells").glob("*/*/*/seed-*/cell.json")):
+        try:
+            found.append((p.parent, load_cell(p.parent)))
+        except DamagedCell as e:
+            damaged.append(str(e))
+    if damaged:
+        raise DamagedCells(
+            f"{len(damaged)} stored cell(s) failed verification and are never used:\n  "
+            + "\n  ".join(damaged)
+            + f"\nRerun `python -m bench run ... --out {out}` to recompute them (a run replaces "
+              "damaged cells), or delete those cell directories.")
+    return _dedupe(found, log)
+
+
+def _failed(out: Path, table: str, log: Callable[[str], None]) -> list[dict]:
+    path = failures_path(out, table)
+    if not path.exists():
+        return []
+    try:
+        rows = json.loads(path.read_text())
+        return [r for r in rows if {"label", "group", "error"} <= set(r)]
+    except (ValueError, TypeError) as e:
+        log(f"warning: {path} is not readable ({e}); failed rows are not marked")
+        return []
+
+
+def rebuild(out: Path, table: str | None = None, reference: str | None = None,
+            log: Callable[[str], None] = print) -> list[dict[str, Path]]:
+    """Render each requested table from the verified cells stored under `out`; rows
+    whose system failed in the table's last run are marked failed."""
     from reports.tables import render_all
 
-    cells = stored_cells(out)
+    out = Path(out)
+    if not out.is_dir():
+        raise OutputError(f"--out {out} does not exist; run `python -m bench run --out {out}` "
+                          "first")
+    cells = stored_cells(out, log)
+    if not cells:
+        raise OutputError(f"no stored cells under {out}/cells; run `python -m bench run --out "
+                          f"{out}` first")
+    outdir.claim(out)
     tables = [table] if table else [t for t in TABLE_SETTINGS
                                     if any(c.setting in TABLE_SETTINGS[t] for c in cells)]
     written = []
     for t in tables:
-        chosen = [c for c in cells if c.setting in TABLE_SETTINGS[t]]
+        failed = _failed(out, t, log)
+        labels = {f["label"] for f in failed}
+        chosen = [c for c in cells if c.setting in TABLE_SETTINGS[t] and c.system not in labels]
         if not chosen:
-            raise FileNotFoundError(f"no stored cells for table {t!r} under {out}")
+            raise OutputError(f"no stored cells for table {t!r} under {out}; run `python -m "
+                              f"bench run --table {t} --out {out}` first")
         if t == "fewshot":
             for c in chosen:
                 c.dataset = f"{c.dataset} {c.setting.split('-')[1]}%"
-        written.append(render_all(chosen, out, t, reference=reference,
-                                  notes=caption_notes(chosen)))
+        notes = caption_notes(chosen)
+        if failed:
+            notes.append(failure_note((f["label"], f["error"]) for f in failed))
+        written.append(render_all(chosen, out, t, reference=reference, notes=notes,
+                                  failed={f["label"]: f["group"] for f in failed}))
     return written
 
 

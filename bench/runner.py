@@ -16,39 +16,88 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from bench import profiles, registry
+from bench import outdir, profiles, registry
 from bench.api import ScoreRequest, System
-from bench.results import CellResult, jsonl_text, load_cell, metric_rows
+from bench.results import (
+    CELL_FORMAT,
+    CellResult,
+    DamagedCell,
+    jsonl_text,
+    load_cell,
+    metric_rows,
+    text_sha256,
+)
 from protocols import metrics as M
-from protocols.build import build_protocol
-from protocols.files import atomic_dir, load_protocol
+from protocols.build import build_protocol, source_hashes
+from protocols.datasets import source_root
+from protocols.errors import HarnessError, OptionError, OutputError
+from protocols.files import (
+    FILES,
+    atomic_dir,
+    atomic_write_text,
+    load_protocol,
+    overlapping,
+    sha256_file,
+)
 
-CELL_FORMAT = "molorec-bench-cell/1"
+__all__ = ["CELL_FORMAT", "cell_key", "ensure_protocol", "run_cell", "run_table"]
 SCORE_BATCH = 256
+CELL_FILES = ("scores.jsonl", "metrics.jsonl", "cell.json", "timing.json")
+PROTOCOL_DEFAULTS = {"kcore": 5, "general_fraction": 0.5, "cold_fraction": 0.1,
+                     "max_users": None, "negatives": 29}
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def _stale(root: Path, dataset: str, setting: str, seed: int, options: dict,
+           sources: dict[str, str]) -> str | None:
+    """Why the protocol at `root` cannot be reused for these inputs (None: it can)."""
+    try:
+        have = json.loads((root / "manifest.json").read_text())
+    except FileNotFoundError:
+        return "absent"
+    except (OSError, ValueError):
+        return "its manifest.json is not valid JSON"
+    if not isinstance(have, dict):
+        return "its manifest.json is not a protocol manifest"
+    for key, want in (("dataset", dataset), ("setting", setting), ("seed", seed),
+                      ("options", {**PROTOCOL_DEFAULTS, **options})):
+        if have.get(key) != want:
+            return f"built with {key} {have.get(key)!r}, this run needs {want!r}"
+    if have.get("source") != sources:
+        return "built from other data (the source files' sha256 differ)"
+    files = have.get("files") or {}
+    for name in FILES:
+        if not (root / name).is_file() or sha256_file(root / name) != files.get(name):
+            return f"{name} does not match the sha256 in its manifest"
+    return None
+
+
 def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: dict,
-                    data_path: str | None = None) -> Path:
-    """Build the protocol directory unless one with the same options is already there."""
+                    data_path: str | None = None, *, force: bool = False,
+                    sources: dict[str, str] | None = None,
+                    log: Callable[[str], None] = print) -> Path:
+    """Reuse the protocol directory under `out` only if it was built from the same source
+    files (sha256) with the same options and is intact; otherwise (or with `force`)
+    rebuild it. `sources` saves rehashing the data when the caller already has it."""
     root = Path(out) / "protocols" / _slug(dataset) / setting / f"seed-{seed}"
-    manifest = root / "manifest.json"
-    if manifest.exists():
-        have = json.loads(manifest.read_text())
-        want = {"kcore": 5, "general_fraction": 0.5, "cold_fraction": 0.1, "max_users": None,
-                "negatives": 29, **options}
-        if have.get("options") == want:
-            return root
+    if sources is None:
+        sources = source_hashes(dataset, data_path)
+    reason = "--force" if force else _stale(root, dataset, setting, seed, options, sources)
+    if reason is None:
+        return root
+    if reason != "absent":
+        log(f"rebuilding the protocol {root}: {reason}")
     build_protocol(dataset, setting, seed, root, data_path=data_path, **options)
     return root
 
@@ -80,16 +129,48 @@ def score_all(system: System, requests: Sequence[ScoreRequest], desc: str) -> np
     return np.concatenate(parts) if parts else np.zeros((0, 30))
 
 
+def _check_cell_dir(cell_dir: Path) -> None:
+    """A cell directory is replaced only if it holds nothing but cell files."""
+    if cell_dir.is_dir():
+        foreign = sorted(p.name for p in cell_dir.iterdir() if p.name not in CELL_FILES)
+        if foreign:
+            raise OutputError(f"{cell_dir} holds files a cell does not ({', '.join(foreign)}); "
+                              "move them away, then rerun")
+    elif cell_dir.exists():
+        raise OutputError(f"{cell_dir} is a file where a cell directory belongs; move it away")
+
+
+def _cached(cell_dir: Path, key: str, proto_dir: Path, log: Callable[[str], None]
+            ) -> CellResult | None:
+    """The stored cell if it has this key and verifies; a damaged one is reported and
+    recomputed (it is the harness's own file)."""
+    meta_path = cell_dir / "cell.json"
+    if not meta_path.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if not isinstance(meta, dict) or meta.get("key") != key:
+            return None
+        return load_cell(cell_dir, proto_dir)
+    except (ValueError, DamagedCell) as e:
+        reason = e if isinstance(e, DamagedCell) else f"damaged cell {cell_dir}: {e}"
+        log(f"{reason}; recomputing it")
+        return None
+
+
 def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_dir: Path,
-             workdir: Path, force: bool = False, table: str = "") -> CellResult:
-    """Fit one system on one protocol and score its test candidates (cached)."""
-    cls = registry.resolve(system_name)
+             workdir: Path, force: bool = False, table: str = "", *,
+             log: Callable[[str], None] = print) -> CellResult:
+    """Fit one system on one protocol and score its test candidates (cached; a cached
+    cell is used only after its scores and metrics verify)."""
+    cls = registry.resolve(system_name, profile)
     config = cls.config_for(profile)
     proto = load_protocol(proto_dir)
     key = cell_key(cls, config, seed, proto.manifest)
-    meta_path = cell_dir / "cell.json"
-    if not force and meta_path.exists() and json.loads(meta_path.read_text()).get("key") == key:
-        return load_cell(cell_dir)
+    cell_dir = Path(cell_dir)
+    if not force and (cached := _cached(cell_dir, key, Path(proto_dir), log)) is not None:
+        return cached
+    _check_cell_dir(cell_dir)
     _seed_everything(seed)
     system = cls(config, seed, str(workdir))
     t0 = time.perf_counter()
@@ -102,24 +183,27 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     users = [r.user for r in proto.test_requests]
     candidates = [r.candidates for r in proto.test_requests]
     rows, _ = metric_rows(users, positives, candidates, scores)
+    # an abstaining row (all NaN) is written as null: JSON has no NaN
+    score_rows = [{"user": u, "candidates": list(c),
+                   "scores": None if np.isnan(s).all() else s.tolist()}
+                  for u, c, s in zip(users, candidates, scores, strict=True)]
+    texts = {"scores.jsonl": jsonl_text(score_rows), "metrics.jsonl": jsonl_text(rows)}
     meta = {
         "format": CELL_FORMAT, "key": key, "table": table, "dataset": proto.data.dataset,
         "class": f"{cls.__module__}:{cls.__qualname__}",
         "setting": proto.data.setting, "system": system.label, "group": cls.group, "seed": seed,
         "profile": profile, "config": config, "candidates_sha256": proto.candidates_sha256,
         "protocol": str(proto_dir), "describe": system.describe(),
+        "scores_sha256": text_sha256(texts["scores.jsonl"]),
+        "metrics_sha256": text_sha256(texts["metrics.jsonl"]),
     }
-    # an abstaining row (all NaN) is written as null: JSON has no NaN
-    score_rows = [{"user": u, "candidates": list(c),
-                   "scores": None if np.isnan(s).all() else s.tolist()}
-                  for u, c, s in zip(users, candidates, scores, strict=True)]
-    with atomic_dir(cell_dir) as tmp:
-        (tmp / "scores.jsonl").write_text(jsonl_text(score_rows), encoding="utf-8")
-        (tmp / "metrics.jsonl").write_text(jsonl_text(rows), encoding="utf-8")
+    with atomic_dir(cell_dir, check=_check_cell_dir) as tmp:
+        for name, text in texts.items():
+            (tmp / name).write_text(text, encoding="utf-8")
         (tmp / "cell.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         (tmp / "timing.json").write_text(json.dumps(
             {"fit_seconds": round(t1 - t0, 3), "score_seconds": round(t2 - t1, 3)}))
-    return load_cell(cell_dir)
+    return load_cell(cell_dir, proto_dir)
 
 
 def _seed_everything(seed: int) -> None:
@@ -148,6 +232,23 @@ def caption_notes(results: Sequence[CellResult]) -> list[str]:
             "miss)"]
 
 
+@dataclass(frozen=True)
+class CellFailure:
+    """A cell whose system raised in fit or score; the run goes on without it."""
+
+    dataset: str
+    setting: str
+    system: str  # canonical name
+    label: str  # row label
+    group: str
+    seed: int
+    error: str  # one line: "ExceptionType: message"
+    traceback: str
+
+    def line(self) -> str:
+        return f"{self.label} on {self.dataset} ({self.setting}), seed {self.seed}: {self.error}"
+
+
 @dataclass
 class TableRun:
     table: str
@@ -155,38 +256,152 @@ class TableRun:
     paths: dict[str, Path]
     markdown: str
     seconds: float
+    failures: list[CellFailure] = field(default_factory=list)
+
+
+def _listed(option: str, given: Sequence | None, default: Sequence) -> tuple:
+    """The given list, or the profile's default when the option is absent; an empty
+    list is an error (it used to mean "the default" silently)."""
+    if given is None:
+        return tuple(default)
+    if isinstance(given, str):
+        given = [given]
+    if not given:
+        raise OptionError(f"{option} is empty: give a comma-separated list, or omit it for "
+                          "the profile's default")
+    dupes = sorted({str(x) for x in given if list(given).count(x) > 1})
+    if dupes:
+        raise OptionError(f"{option} names {', '.join(dupes)} more than once")
+    return tuple(given)
+
+
+def _check_seeds(seeds: tuple) -> None:
+    for s in seeds:
+        if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < 2**32:
+            raise OptionError(f"--seeds must be integers from 0 to 2**32-1, got {s!r}")
+
+
+def _systems(names: tuple[str, ...], profile: str) -> dict[str, type[System]]:
+    """Canonical name -> class, for the names as given (any case, or a row label);
+    two names for one system, or two systems with one row label, are refused."""
+    canon: dict[str, str] = {}
+    for n in names:
+        c = registry.canonical(n, profile)
+        if c in canon:
+            raise OptionError(f"--systems names {c!r} twice ({canon[c]!r} and {n!r})")
+        canon[c] = n
+    classes = {c: registry.resolve(c, profile) for c in canon}
+    labels: dict[str, str] = {}
+    for c, cls in classes.items():
+        label = registry.label_for(cls, profile).lower()
+        if label in labels:
+            raise OptionError(f"systems {labels[label]!r} and {c!r} both label their rows "
+                              f"{registry.label_for(cls, profile)!r}; run them apart")
+        labels[label] = c
+    return classes
+
+
+def _failure(dataset: str, setting: str, seed: int, name: str, cls: type[System],
+             profile: str, err: Exception) -> CellFailure:
+    message = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {message}" if message else type(err).__name__
+    return CellFailure(dataset, setting, name, registry.label_for(cls, profile), cls.group,
+                       seed, text[:300], traceback.format_exc())
+
+
+def failures_path(out: Path, table: str) -> Path:
+    return Path(out) / f"{table}.failures.json"
+
+
+def _record_failures(out: Path, table: str, failures: list[CellFailure]) -> None:
+    """OUT/<table>.failures.json lists the last run's failed cells (`report` marks their
+    rows); a run without failures removes it."""
+    path = failures_path(out, table)
+    if failures:
+        atomic_write_text(path, json.dumps([vars(f) for f in failures], indent=2) + "\n")
+    elif path.exists():
+        path.unlink()
+
+
+def failure_note(failures: Iterable[tuple[str, str]]) -> str:
+    """The caption's sentence on failed rows, from (row label, error) pairs."""
+    first: dict[str, str] = {}
+    for label, error in failures:
+        first.setdefault(label, error[:120])
+    return "Failed rows have no values: " + "; ".join(f"{k} ({v})" for k, v in first.items())
 
 
 def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default",
               datasets: Sequence[str] | None = None, systems: Sequence[str] | None = None,
               seeds: Sequence[int] | None = None, force: bool = False,
               reference: str | None = None, data_path: str | None = None,
-              log: Callable[[str], None] = print) -> TableRun:
-    """Run (or load from cache) every cell of a table, then render it."""
-    if table not in profiles.TABLE_SETTINGS:
-        raise KeyError(f"unknown table {table!r}; use one of {', '.join(profiles.TABLE_SETTINGS)}")
-    prof = profiles.get(profile)
-    datasets = tuple(datasets or prof.datasets)
-    systems = tuple(systems or prof.systems)
-    seeds = tuple(prof.seeds if seeds is None else seeds)
-    for name in systems:  # fail fast on typos, before any training
-        registry.resolve(name)
-    out = Path(out)
-    workdir = out / "cache"
-    t0 = time.perf_counter()
-    jobs = [(d, s, seed, name) for d in datasets for s in profiles.TABLE_SETTINGS[table]
-            for seed in seeds for name in systems]
-    results = []
-    for dataset, setting, seed, name in tqdm(jobs, desc=f"{table} table", unit="cell"):
-        proto_dir = ensure_protocol(out, dataset, setting, prof.protocol_seed, prof.protocol,
-                                    data_path)
-        cell_dir = out / "cells" / _slug(dataset) / setting / _slug(name) / f"seed-{seed}"
-        res = run_cell(proto_dir, name, profile, seed, cell_dir, workdir, force, table)
-        if table == "fewshot":
-            res.dataset = f"{dataset} {setting.split('-')[1]}%"
-        results.append(res)
-    from reports.tables import render_all
+              log: Callable[[str], None] = print, *, keep_going: bool = True) -> TableRun:
+    """Run (or load from cache) every cell of a table, then render it.
 
-    paths = render_all(results, out, table, reference=reference, notes=caption_notes(results))
+    Options are checked before anything is written. `out` must be absent, empty or a
+    results directory of this harness (see bench.outdir), and is locked for the run. A
+    system that raises is recorded in `TableRun.failures` and the table is rendered with
+    the rows that finished, its own row marked failed (`keep_going=False`: re-raise)."""
+    if table not in profiles.TABLE_SETTINGS:
+        raise OptionError(f"unknown table {table!r}; use one of "
+                          f"{', '.join(profiles.TABLE_SETTINGS)}")
+    if profile not in profiles.PROFILES:
+        raise OptionError(f"unknown profile {profile!r}; use one of {', '.join(profiles.PROFILES)}")
+    prof = profiles.get(profile)
+    datasets = _listed("--datasets", datasets, prof.datasets)
+    seeds = _listed("--seeds", seeds, prof.seeds)
+    _check_seeds(seeds)
+    classes = _systems(_listed("--systems", systems, prof.systems), profile)
+    if data_path is not None and len(datasets) != 1:
+        raise OptionError("--data-path is the directory of one dataset: name that dataset "
+                          "with --datasets NAME")
+    out = Path(out)
+    for d in datasets:
+        root = source_root(d, data_path)
+        if overlapping(root, out):
+            raise OutputError(f"--out {out} overlaps the input directory {root}; write "
+                              "results somewhere else")
+    t0 = time.perf_counter()
+    with outdir.locked(out):
+        protos = {}
+        for d in datasets:
+            sources = source_hashes(d, data_path)
+            for s in profiles.TABLE_SETTINGS[table]:
+                protos[(d, s)] = ensure_protocol(out, d, s, prof.protocol_seed, prof.protocol,
+                                                 data_path, force=force, sources=sources,
+                                                 log=log)
+        jobs = [(d, s, seed, name) for d in datasets for s in profiles.TABLE_SETTINGS[table]
+                for seed in seeds for name in classes]
+        done: list[tuple[str, CellResult]] = []
+        failures: list[CellFailure] = []
+        for dataset, setting, seed, name in tqdm(jobs, desc=f"{table} table", unit="cell"):
+            cell_dir = out / "cells" / _slug(dataset) / setting / _slug(name) / f"seed-{seed}"
+            try:
+                res = run_cell(protos[(dataset, setting)], name, profile, seed, cell_dir,
+                               out / "cache", force, table, log=log)
+            except HarnessError:
+                raise
+            except Exception as e:
+                if not keep_going:
+                    raise
+                failures.append(_failure(dataset, setting, seed, name, classes[name],
+                                         profile, e))
+                log(f"FAILED {failures[-1].line()} (traceback in "
+                    f"{failures_path(out, table)})")
+                continue
+            if table == "fewshot":
+                res.dataset = f"{dataset} {setting.split('-')[1]}%"
+            done.append((name, res))
+        _record_failures(out, table, failures)
+        failed = {f.system for f in failures}
+        results = [r for name, r in done if name not in failed]
+        paths: dict[str, Path] = {}
+        if results:
+            from reports.tables import render_all
+
+            notes = caption_notes(results) + (
+                [failure_note((f.label, f.error) for f in failures)] if failures else [])
+            paths = render_all(results, out, table, reference=reference, notes=notes,
+                               failed={f.label: f.group for f in failures})
     markdown = paths["md"].read_text() if "md" in paths else ""
-    return TableRun(table, results, paths, markdown, time.perf_counter() - t0)
+    return TableRun(table, results, paths, markdown, time.perf_counter() - t0, failures)

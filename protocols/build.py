@@ -8,19 +8,28 @@ general/specific partition -> k-core each part -> chronological order -> split
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from protocols import filtering, splits
-from protocols.datasets import load_dataset, source_files
-from protocols.errors import ProtocolError
-from protocols.files import FILES, atomic_dir, candidates_sha256, sha256_file
+from protocols.datasets import load_dataset, source_files, source_root
+from protocols.errors import OptionError, OutputError, ProtocolError
+from protocols.files import (
+    FILES,
+    PROTOCOL_FORMAT,
+    atomic_dir,
+    candidates_sha256,
+    check_protocol_out,
+    overlapping,
+    sha256_file,
+)
 from protocols.interactions import Interactions
 from protocols.sampling import candidate_rows, sample_negatives
 
-FORMAT = "molorec-bench-protocol/1"
+FORMAT = PROTOCOL_FORMAT
 N_NEGATIVES = 29
 
 
@@ -61,20 +70,55 @@ def _general_ragged(general: Interactions, drop_items: set[str]
     return rag, general.item_ids
 
 
+def source_hashes(dataset: str, data_path: str | Path | None) -> dict[str, str]:
+    """sha256 of every raw file a build of `dataset` reads: the manifest's `source`, and
+    the part of a protocol's cache key that covers the data."""
+    return {p.name: sha256_file(p) for p in source_files(dataset, data_path)
+            if p.suffix not in (".kg", ".link")}
+
+
+def _fraction(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value < 1):
+        raise OptionError(f"--{name} must be a number strictly between 0 and 1, got {value!r}")
+
+
+def check_options(setting: str, seed: int, kcore: int, general_fraction: float,
+                  cold_fraction: float, max_users: int | None) -> None:
+    """Range checks, before any data is read (a bad value is an error, never a default)."""
+    if setting not in splits.SETTINGS:
+        raise ProtocolError(f"unknown setting {setting!r}; use one of {', '.join(splits.SETTINGS)}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise OptionError(f"--seed must be an integer from 0 to 2**32-1, got {seed!r}")
+    if isinstance(kcore, bool) or not isinstance(kcore, int) or kcore < 1:
+        raise OptionError(f"--kcore must be an integer >= 1 (1: no filtering), got {kcore!r}")
+    _fraction("general-fraction", general_fraction)
+    _fraction("cold-fraction", cold_fraction)
+    if max_users is not None and (isinstance(max_users, bool) or not isinstance(max_users, int)
+                                  or max_users < 1):
+        raise OptionError(f"--max-users must be an integer >= 1 (omit it for no limit), "
+                          f"got {max_users!r}")
+
+
 def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
                    data_path: str | Path | None = None, kcore: int = 5,
                    general_fraction: float = 0.5, cold_fraction: float = 0.1,
                    max_users: int | None = None) -> dict[str, Any]:
-    """Build one protocol directory and return its manifest."""
-    if setting not in splits.SETTINGS:
-        raise ProtocolError(f"unknown setting {setting!r}; use one of {', '.join(splits.SETTINGS)}")
-    if not 0 < general_fraction < 1:
-        raise ProtocolError("--general-fraction must be between 0 and 1")
+    """Build one protocol directory and return its manifest.
+
+    `out` must be absent, empty, or a protocol directory built before (it is replaced);
+    it may not overlap the input directory."""
+    check_options(setting, seed, kcore, general_fraction, cold_fraction, max_users)
+    out = Path(out)
+    root = source_root(dataset, data_path)
+    if overlapping(root, out):
+        raise OutputError(f"--out {out} overlaps the input directory {root}; write the "
+                          "protocol somewhere else")
+    check_protocol_out(out)
     raw = load_dataset(dataset, data_path)
     # sorted once here; every later step selects with masks and so keeps this order
     inter = filtering.drop_repeats(filtering.chronological(filtering.clean_titles(raw)))
     general, target = filtering.split_users(inter, general_fraction, seed)
-    if max_users:
+    if max_users is not None:
         general = filtering.sample_users(general, max_users, seed)
         target = filtering.sample_users(target, max_users, seed)
     general = filtering.k_core(general, kcore)
@@ -130,11 +174,10 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         "options": {"kcore": kcore, "general_fraction": general_fraction,
                     "cold_fraction": cold_fraction, "max_users": max_users,
                     "negatives": N_NEGATIVES},
-        "source": {p.name: sha256_file(p) for p in source_files(dataset, data_path)
-                   if p.suffix not in (".kg", ".link")},
+        "source": source_hashes(dataset, data_path),
         "counts": counts,
     }
-    with atomic_dir(Path(out)) as tmp:
+    with atomic_dir(out, check=check_protocol_out) as tmp:
         for name in FILES:
             (tmp / name).write_text(texts[name], encoding="utf-8")
         manifest["files"] = {name: sha256_file(tmp / name) for name in FILES}

@@ -16,6 +16,7 @@ import difflib
 import hashlib
 import http.client
 import json
+import math
 import os
 import shutil
 import socket
@@ -30,11 +31,13 @@ from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from protocols.errors import HarnessError, OptionError
+
 CHECKSUMS = "checksums.json"
 CHUNK = 1 << 16
 
 
-class DownloadError(RuntimeError):
+class DownloadError(HarnessError, RuntimeError):
     """A dataset could not be fetched or failed verification; the message says what to do."""
 
 
@@ -221,8 +224,18 @@ def _download_one(remote: RemoteFile, url: str, folder: Path, expected_sha: str 
         f"trusted, delete its entry in {folder / CHECKSUMS} (if any) and rerun.")
 
 
-def _safe_extract(archive: Path, folder: Path) -> None:
-    """Unzip into folder, refusing members that would land outside it (zip-slip)."""
+def _same_files(new: Path, old: Path) -> bool:
+    """True if every file under `new` exists under `old` with the same bytes."""
+    if new.is_file():
+        return old.is_file() and new.read_bytes() == old.read_bytes()
+    return old.is_dir() and all(_same_files(p, old / p.relative_to(new))
+                                for p in new.rglob("*") if p.is_file())
+
+
+def _safe_extract(archive: Path, folder: Path, ours: bool) -> None:
+    """Unzip into folder, refusing members that would land outside it (zip-slip). An
+    entry already there is replaced only if this harness unpacked it (`ours`); a
+    hand-placed copy is kept when it matches the archive and refused otherwise."""
     root = folder.resolve()
     with zipfile.ZipFile(archive) as zf:
         for info in zf.infolist():
@@ -237,8 +250,17 @@ def _safe_extract(archive: Path, folder: Path) -> None:
         tmp = Path(tempfile.mkdtemp(prefix=".extract-", dir=folder))
         try:
             zf.extractall(tmp)
-            for entry in tmp.iterdir():
+            for entry in sorted(tmp.iterdir()):
                 dest = folder / entry.name
+                if (dest.exists() or dest.is_symlink()) and not ours:
+                    if _same_files(entry, dest):
+                        continue
+                    raise DownloadError(f"{dest} exists, was not unpacked by this harness and "
+                                        f"differs from {archive}; move it away and rerun")
+            for entry in sorted(tmp.iterdir()):
+                dest = folder / entry.name
+                if (dest.exists() or dest.is_symlink()) and not ours:
+                    continue  # identical hand-placed copy: kept
                 if dest.is_dir() and not dest.is_symlink():
                     shutil.rmtree(dest)
                 elif dest.exists() or dest.is_symlink():
@@ -248,17 +270,56 @@ def _safe_extract(archive: Path, folder: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _new_dirs(folder: Path) -> list[Path]:
+    """`folder` and those of its parents that do not exist yet, deepest first."""
+    out = []
+    for d in (folder, *folder.parents):
+        if d.exists():
+            break
+        out.append(d)
+    return out
+
+
+def _clean_up(folder: Path, created: list[Path]) -> None:
+    """After a failure: remove empty partial files and the directories this call created
+    if they are empty; a non-empty .part is kept so that the next run resumes it."""
+    if folder.is_dir():
+        for part in folder.glob("*.part"):
+            if part.is_file() and part.stat().st_size == 0:
+                part.unlink()
+    for d in created:
+        try:
+            d.rmdir()
+        except OSError:
+            break
+
+
 def download_dataset(name: str, dest: Path, base_url: str | None = None,
                      progress: bool = True, *, timeout: float = 60.0) -> Path:
     """Fetch every file of dataset `name` into `dest/<name>/` and return that folder.
 
     Files already present are verified, not fetched again; `base_url` replaces the scheme
-    and host of every URL (tests, mirrors).
+    and host of every URL (tests, mirrors); `timeout` bounds each network wait (seconds).
+    A failure leaves no directory or empty file behind that this call created.
     """
+    if (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout) or timeout <= 0):
+        raise OptionError(f"--timeout must be a positive number of seconds, got {timeout!r}")
     key = resolve_name(name)
     source = SOURCES[key]
     folder = Path(dest) / key
+    created = _new_dirs(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _download_all(source, folder, base_url, timeout, progress)
+    except BaseException:
+        _clean_up(folder, created)
+        raise
+    return folder
+
+
+def _download_all(source: Source, folder: Path, base_url: str | None, timeout: float,
+                  progress: bool) -> None:
     for remote in source.files:
         url = _url(remote, base_url)
         final = folder / remote.filename
@@ -276,12 +337,11 @@ def download_dataset(name: str, dest: Path, base_url: str | None = None,
         marker = folder / f".{remote.filename}.extracted"
         if remote.extract and not (marker.is_file() and marker.read_text().strip() == sha):
             try:
-                _safe_extract(final, folder)
+                _safe_extract(final, folder, ours=marker.is_file())
             except zipfile.BadZipFile as err:
                 raise DownloadError(f"{final} is not a valid zip ({err}); delete it and "
                                     "rerun") from err
             marker.write_text(sha + "\n")
-    return folder
 
 
 def _download_guarded(source: Source, remote: RemoteFile, url: str, folder: Path,

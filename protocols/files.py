@@ -7,6 +7,7 @@ is renamed into place, so a crash never leaves a half-written protocol.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -19,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from bench.api import ScoreRequest, TrainData, UserSequence, Validation
-from protocols.errors import ProtocolError
+from protocols.errors import OutputError, ProtocolError
 
 FILES = ("items.jsonl", "train.jsonl", "general.jsonl", "valid_candidates.jsonl",
          "test_candidates.jsonl")
 CANDIDATE_FILES = ("valid_candidates.jsonl", "test_candidates.jsonl")
+PROTOCOL_FORMAT = "molorec-bench-protocol/1"
 
 
 def sha256_file(path: Path) -> str:
@@ -41,23 +43,71 @@ def candidates_sha256(file_hashes: dict[str, str]) -> str:
 
 
 @contextmanager
-def atomic_dir(out: Path) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `out` only if the block succeeds."""
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive flock on a directory: renames into it are serialized, so two
+    writers of the same path never race (the last one wins, nothing is left behind)."""
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+@contextmanager
+def atomic_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `out` only if the block succeeds.
+
+    `check(out)` runs just before the swap, under a lock on the parent directory, and
+    raises if `out` may not be replaced (it holds something the harness did not write)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    old: Path | None = None
     try:
         yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "x")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
+        with _locked(out.parent):
+            if check is not None:
+                check(out)
+            if out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / "x")
             os.replace(tmp, out)
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        for leftover in (tmp, old):
+            if leftover is not None and leftover.exists():
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
+def overlapping(a: Path, b: Path) -> bool:
+    """True if a and b are the same directory or one contains the other."""
+    a, b = Path(a).resolve(), Path(b).resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def check_protocol_out(out: Path) -> None:
+    """Refuse to replace `out` unless it is absent, an empty directory, or a protocol
+    directory this harness wrote (its manifest.json names the protocol format and it holds
+    nothing else): replacing deletes what is there."""
+    out = Path(out)
+    if not out.exists() and not out.is_symlink():
+        return
+    if not out.is_dir() or out.is_symlink():
+        raise OutputError(f"--out {out} exists and is not a directory; choose a new path "
+                          "(a protocol build replaces its output directory)")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    try:
+        fmt = json.loads((out / "manifest.json").read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        fmt = None
+    foreign = [e for e in entries if e not in (*FILES, "manifest.json")]
+    if fmt != PROTOCOL_FORMAT or foreign:
+        shown = ", ".join((foreign or entries)[:5])
+        raise OutputError(f"--out {out} is not empty and is not a protocol directory this "
+                          f"harness wrote (it holds {shown}); a build replaces the whole "
+                          "directory, so choose an empty or new path")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -14,6 +14,7 @@ import io
 import json
 import re
 import zlib
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -117,9 +118,14 @@ def _read_ratings(path: Path) -> pd.DataFrame:
         raise ProtocolError(f"could not parse ratings: {err}", path) from err
 
 
-def _read_movies(path: Path) -> dict[str, str]:
+def _read_movies(path: Path) -> tuple[dict[str, str], int]:
+    """MovieID -> title, and the number of repeated identical lines; a repeated id with
+    another title is an error naming both lines."""
     titles: dict[str, str] = {}
-    for number, line in enumerate(_decode(path.read_bytes()).splitlines(), start=1):
+    first: dict[str, int] = {}
+    repeated = 0
+    for number, line in enumerate(_decode(path.read_bytes()).split("\n"), start=1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         head, sep, rest = line.partition("::")
@@ -129,8 +135,15 @@ def _read_movies(path: Path) -> dict[str, str]:
                 f"expected 'MovieID::Title::Genres', got {line[:80]!r}", path, number)
         if not _is_int(head):
             raise ProtocolError(f"MovieID is not an integer: {head[:40]!r}", path, number)
-        titles[head.strip()] = title
-    return titles
+        movie = head.strip()
+        if movie in titles:
+            if titles[movie] != title:
+                raise ProtocolError(f"MovieID {movie} again, with another title (first at line "
+                                    f"{first[movie]}); ids must be unique", path, number)
+            repeated += 1
+            continue
+        titles[movie], first[movie] = title, number
+    return titles, repeated
 
 
 def load_movielens_dat(root: Path, name: str) -> Interactions:
@@ -142,22 +155,31 @@ def load_movielens_dat(root: Path, name: str) -> Interactions:
     items, distinct_items = _int_ids_as_str(frame[1].to_numpy())
     timestamps = frame[3].to_numpy(dtype=np.float64)
     del frame
-    all_titles = _read_movies(movies_path)
+    all_titles, repeated = _read_movies(movies_path)
     titles = {i: all_titles[i] for i in distinct_items if i in all_titles}
-    return Interactions.from_columns(name, users, items, timestamps, titles)
+    inter = Interactions.from_columns(name, users, items, timestamps, titles)
+    if repeated:
+        inter.stats["repeated_item_rows"] = repeated
+    return inter
 
 
 # ---------------------------------------------------------------- Amazon
 
 
-def _gz_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, text) of a gzip (or plain) text file; corrupt archives are
-    reported with the last line read."""
+def _gz_lines(path: Path, stats: Counter) -> Iterator[tuple[int, str]]:
+    """(1-based line number, text) of a gzip (or plain) UTF-8 file; corrupt archives are
+    reported with the last line read. A line that is not valid UTF-8 is decoded with
+    replacement characters and counted in stats["lines_not_utf8"] (the manifest shows it)."""
     opener = gzip.open if path.suffix == ".gz" else open
     number = 0
     try:
-        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            for number, line in enumerate(f, start=1):
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    line = raw.decode("utf-8", errors="replace")
+                    stats["lines_not_utf8"] += 1
                 if line.strip():
                     yield number, line
     except (OSError, EOFError, zlib.error) as err:
@@ -165,11 +187,11 @@ def _gz_lines(path: Path) -> Iterator[tuple[int, str]]:
                             path, number + 1) from err
 
 
-def _read_reviews(path: Path) -> tuple[list[str], list[str], np.ndarray]:
+def _read_reviews(path: Path, stats: Counter) -> tuple[list[str], list[str], np.ndarray]:
     users: list[str] = []
     items: list[str] = []
     times: list[int] = []
-    for number, line in _gz_lines(path):
+    for number, line in _gz_lines(path, stats):
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as err:
@@ -203,10 +225,14 @@ def _parse_meta_line(line: str, python_literal: bool) -> Any:
     return json.loads(line)
 
 
-def _read_meta(path: Path, wanted: set[str], python_literal: bool) -> dict[str, str]:
-    """Raw titles of the wanted asins; other lines are skipped before the costly parse."""
+def _read_meta(path: Path, wanted: set[str], python_literal: bool, stats: Counter
+               ) -> dict[str, str]:
+    """Raw titles of the wanted asins; other lines are skipped before the costly parse.
+    Amazon's metadata repeats some records: the last one wins (as it always has here), and
+    the repeats are counted in stats["repeated_meta_records"]."""
     titles: dict[str, str] = {}
-    for number, line in _gz_lines(path):
+    seen: set[str] = set()
+    for number, line in _gz_lines(path, stats):
         found = _ASIN_RE.search(line)
         if found is not None and found.group(1) not in wanted:
             continue
@@ -218,6 +244,9 @@ def _read_meta(path: Path, wanted: set[str], python_literal: bool) -> dict[str, 
         if not isinstance(rec, dict) or "asin" not in rec:
             raise ProtocolError("metadata record without 'asin'", path, number)
         asin = str(rec["asin"])
+        if asin in wanted:
+            stats["repeated_meta_records"] += asin in seen
+            seen.add(asin)
         title = rec.get("title")
         if asin in wanted and isinstance(title, str) and title.strip():
             titles[asin] = title
@@ -226,9 +255,12 @@ def _read_meta(path: Path, wanted: set[str], python_literal: bool) -> dict[str, 
 
 def _load_amazon(name: str, reviews_path: Path, meta_path: Path,
                  python_literal: bool) -> Interactions:
-    users, items, times = _read_reviews(reviews_path)
-    titles = _read_meta(meta_path, set(items), python_literal)
-    return Interactions.from_columns(name, users, items, times, titles)
+    stats: Counter = Counter()
+    users, items, times = _read_reviews(reviews_path, stats)
+    titles = _read_meta(meta_path, set(items), python_literal, stats)
+    inter = Interactions.from_columns(name, users, items, times, titles)
+    inter.stats.update({k: v for k, v in stats.items() if v})
+    return inter
 
 
 def load_amazon2014(root: Path, category: str) -> Interactions:

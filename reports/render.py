@@ -9,6 +9,7 @@ if TYPE_CHECKING:
     from reports.tables import Cell, Table
 
 REFERENCE_LABEL = "Reference (not compared)"
+FAILED = "failed"  # the value shown in every column of a row whose system raised
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -81,7 +82,8 @@ def markdown(table: Table) -> str:
     """GitHub pipe table, the caption as a paragraph under it, then any published block."""
     header = ["Group", "Method"] + [escape_markdown(table.column_label(j))
                                     for j in range(len(table.columns))]
-    rows = [[escape_markdown(g), escape_markdown(s)] + [_md_value(c) for c in row.cells]
+    rows = [[escape_markdown(g), escape_markdown(s)]
+            + [FAILED if row.failed else _md_value(c) for c in row.cells]
             for g, s, row in _labelled_rows(table)]
     lines = _md_pipe(header, rows, 2) + ["", escape_markdown(table.caption)]
     if table.published is not None:
@@ -140,7 +142,8 @@ def _ours_tabular(table: Table) -> list[str]:
     body = []
     for group, rows in table.groups():
         body.append([[escape_latex(_group_label(group)) if n == 0 else "",
-                      escape_latex(r.system), *(_tex_value(c) for c in r.cells)]
+                      escape_latex(r.system),
+                      *(r"\textit{failed}" if r.failed else _tex_value(c) for c in r.cells)]
                      for n, r in enumerate(rows)])
     return _tex_tabular(2, spans, leaves, body)
 

@@ -102,6 +102,7 @@ class Row:
     group: str
     seeds: tuple[int, ...]
     cells: tuple[Cell | None, ...]  # aligned with Table.columns; None = not run
+    failed: bool = False  # the system raised: no values, the row says so
 
     @property
     def reference(self) -> bool:
@@ -167,7 +168,7 @@ class Table:
                                  "n_users": k.n_users} for k in c.candidates],
                  "label": self.column_label(j)} for j, c in enumerate(self.columns)]
         rows = [{"system": r.system, "group": r.group, "reference": r.reference,
-                 "seeds": list(r.seeds),
+                 "seeds": list(r.seeds), "failed": r.failed,
                  "cells": [None if c is None else
                            {"mean": c.mean, "mark": c.mark or None, "star": c.star}
                            for c in r.cells]} for r in self.rows]
@@ -290,12 +291,14 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
                 metrics: Sequence[str] = ("NDCG@1", "NDCG@3"),
                 order: Sequence[str] | None = None,
                 notes: str | Sequence[str] | Mapping[str, Any] | None = None,
-                reference: str | None = None, alpha: float = 0.05) -> Table:
+                reference: str | None = None, alpha: float = 0.05,
+                failed: Mapping[str, str] | None = None) -> Table:
     """Aggregate cells (one per dataset/setting/system/seed) into a marked comparison table.
 
     `table` keeps only results of that table name (all results must share one otherwise);
     `order` fixes the row order within groups; `notes` are appended to the caption;
-    `reference="paper"` adds the paper's published numbers as a separate block.
+    `reference="paper"` adds the paper's published numbers as a separate block;
+    `failed` (row label -> group) adds rows marked failed, with no values.
     """
     results = list(results)
     if table is not None:
@@ -367,19 +370,24 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
                                      for h in seeds_of), key=lambda c: (c.seeds, c.sha256)))
     columns = tuple(Column(d, s, m, cand[(d, s)]) for d, s in ds_keys for m in metrics)
 
-    systems = sorted(groups, key=lambda x: (
-        (*COMPARED_GROUPS, REFERENCE_GROUP).index(groups[x]), _row_key(groups[x], x, order)))
+    failed = {k: v for k, v in (failed or {}).items() if k not in groups}
+    for label, group in failed.items():
+        if group not in GROUPS:
+            raise ValueError(f"failed row {label!r}: unknown group {group!r}")
+    systems = sorted({**groups, **failed}, key=lambda x: (
+        (*COMPARED_GROUPS, REFERENCE_GROUP).index(groups.get(x) or failed[x]),
+        _row_key(groups.get(x) or failed[x], x, order)))
     # A system's value: the mean over its seeds of each seed's mean over users.
     means = {(system, j): float(np.mean([c.mean(col.metric)
                                          for c in cells[(col.dataset, col.setting, system)]]))
-             for system in systems for j, col in enumerate(columns)
+             for system in groups for j, col in enumerate(columns)
              if (col.dataset, col.setting, system) in cells}
 
     marks: dict[tuple[str, int], str] = {}
     raw: list[tuple[int, str, str, float]] = []
     for j, c in enumerate(columns):
         vals = {s: means[(s, j)] for s in systems
-                if groups[s] != REFERENCE_GROUP and (s, j) in means}
+                if s in groups and groups[s] != REFERENCE_GROUP and (s, j) in means}
         best, second = _mark_column(vals)
         marks.update({(s, j): "best" for s in best})
         marks.update({(s, j): "second" for s in second})
@@ -394,6 +402,8 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
     starred = {(cmp.best, cmp.column) for cmp in comparisons if cmp.significant}
 
     rows = tuple(
+        Row(system, failed[system], (), (None,) * len(columns), failed=True)
+        if system in failed else
         Row(system, groups[system],
             tuple(sorted({c.seed for (d, s, sy), cs in cells.items() if sy == system
                           for c in cs})),
@@ -435,11 +445,12 @@ def _caption(name, kind, columns, rows, n_tests, alpha, metrics, notes, ds_keys)
     unit = ("per-user values (averaged over seeds that share a candidate file; each seed "
             "has its own protocol here, so the pairs are (seed, user))" if per_seed else
             "per-user values (averaged over seeds)")
-    seed_sets = {r.seeds for r in rows}
+    seed_sets = {r.seeds for r in rows if not r.failed}
     if len(seed_sets) == 1:
         seeds = ", ".join(map(str, next(iter(seed_sets))))
     else:
-        seeds = "; ".join(f"{r.system}: {', '.join(map(str, r.seeds))}" for r in rows)
+        seeds = "; ".join(f"{r.system}: {', '.join(map(str, r.seeds))}" for r in rows
+                          if not r.failed)
     parts = [
         f"Table {name}: {what}.",
         _PROTOCOL_TEXT.get(kind, _PROTOCOL_TEXT["warm"]),

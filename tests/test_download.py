@@ -250,3 +250,20 @@ def test_downloaded_folder_feeds_the_loaders(server, tmp_path, monkeypatch):
     folder = download_dataset("ml-1m", tmp_path, base_url=base, progress=False)
     data = load_movielens_dat(folder, "ml-1m")
     assert data.titles == {"10": "Amélie (2001)"} and len(data) == 1
+
+
+def test_extraction_never_replaces_a_hand_placed_copy(server, tmp_path, monkeypatch):
+    base, root, _ = server
+    payload = _zip_bytes({"toy/ratings.dat": b"1::2::5::100\n"})
+    _serve(root, "/f/toy.zip", payload)
+    _add_source(monkeypatch, "toy", RemoteFile("https://x/f/toy.zip", extract=True))
+    folder = tmp_path / "toy"
+    (folder / "toy").mkdir(parents=True)
+    (folder / "toy" / "ratings.dat").write_bytes(b"my own edit\n")
+    with pytest.raises(DownloadError, match="was not unpacked by this harness"):
+        download_dataset("toy", tmp_path, base_url=base, progress=False)
+    assert (folder / "toy" / "ratings.dat").read_bytes() == b"my own edit\n"
+    (folder / "toy" / "ratings.dat").write_bytes(b"1::2::5::100\n")  # identical: kept, fine
+    (folder / "toy" / "notes.txt").write_text("mine")
+    download_dataset("toy", tmp_path, base_url=base, progress=False)
+    assert (folder / "toy" / "notes.txt").read_text() == "mine"

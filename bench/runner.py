@@ -221,15 +221,15 @@ def _seed_everything(seed: int) -> None:
 
 
 def caption_notes(results: Sequence[CellResult]) -> list[str]:
-    """Facts the caption must state that only the cells know (the LLM ranking mode)."""
-    modes = sorted({str(m) for r in results
-                    if (m := r.meta.get("describe", {}).get("ranking_mode")) is not None})
-    if not modes:
-        return []
-    return [f"LLM rows rank the 30 candidates in {' and '.join(modes)} mode (score: mean "
-            "log-likelihood per answer token of each title; generate: greedy decoding "
-            "parsed against the candidate titles; an answer naming no candidate is a "
-            "miss)"]
+    """Facts the caption must state that only the cells know: each system may put a
+    `caption_note` in its describe() (the LLM rows name their backbone, backend and
+    ranking mode); equal notes are stated once, in row order."""
+    notes: list[str] = []
+    for r in results:
+        note = r.meta.get("describe", {}).get("caption_note")
+        if note and note not in notes:
+            notes.append(str(note))
+    return notes
 
 
 @dataclass(frozen=True)

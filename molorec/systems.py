@@ -159,7 +159,20 @@ class _LLMSystem(System):
         return best, round(results[best], 4)
 
     def describe(self) -> dict[str, Any]:
-        return dict(self.info)
+        return {**self.info, "caption_note": self.caption_note()}
+
+    def caption_note(self) -> str:
+        """What the table caption says about the LLM rows (equal for rows that agree)."""
+        backend = f"{self.info.get('backend', self.backend_name)} backend"
+        if self.info.get("compute"):
+            backend += f", {self.info['compute']}"
+        how = {"score": "score mode: mean log-likelihood per answer token of each title"
+                        + (", softmax over the tokens of item titles"
+                           if self.vocab_mode == "titles" else ""),
+               "generate": "generate mode: greedy decoding parsed against the candidate "
+                           "titles; an answer naming no candidate is a miss"}[self.mode]
+        return (f"LLM rows run on {self.info.get('backbone', '?')} ({backend}) and rank the "
+                f"30 candidates in {how}; TALLRec by logit(Yes) - logit(No)")
 
 
 class Backbone(_LLMSystem):

@@ -7,11 +7,12 @@ number of answer tokens (end-of-sequence included), so long titles are not penal
 for their length; `sum` keeps the raw joint log-likelihood. Every candidate gets a
 finite score: no invalid outputs are possible.
 
-The prompt is the same for all 30 candidates, so it is encoded once (one prefill) and
-all 30 candidates then run in one forward on its KV cache: packed into one sequence
-under a block mask (default; no copy of the cache), or as a batch of 30 on the cache
+The prompt is the same for all 30 candidates, so it is encoded once: `packed` (default)
+runs the prompt and all 30 candidates in one forward, one sequence under a block mask;
+`batch` prefills the prompt and runs the candidates as a batch of 30 on its KV cache
 repeated 30 times. The tokens processed are the prompt once plus every candidate once,
-where naive scoring processes the prompt 30 times.
+where naive scoring processes the prompt 30 times. Only the positions that predict an
+answer token are projected onto the vocabulary (molorec.lm.head_at).
 
 `generate` mode: greedy decoding, the answer parsed against the candidate titles (exact
 match after whitespace/case normalization, else the longest candidate title contained
@@ -61,37 +62,42 @@ def prefill(model, ids: Sequence[int], vocab: torch.Tensor | None = None):
     return logits[0].float(), cache
 
 
-def _packed(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]], rows_of,
-            vocab: torch.Tensor | None) -> tuple[torch.Tensor, list[int]]:
-    """All continuations on a prompt's cache (batch 1) as one packed sequence.
+def _packed(model, prompt: Sequence[int], seqs: Sequence[Sequence[int]],
+            rows: Sequence[int], vocab: torch.Tensor | None) -> torch.Tensor:
+    """The prompt and all continuations in one forward, as one packed sequence.
 
-    Each continuation token sees the prompt and the earlier tokens of its own
-    continuation only, with positions restarting after the prompt (and sliding-window
-    layers their window), so every continuation is computed exactly as if it ran alone.
-    `rows_of(starts)` names the packed positions whose logits are wanted. Returns
-    (logits at those rows, each continuation's start)."""
+    The prompt is causal; each continuation token sees the whole prompt and the earlier
+    tokens of its own continuation only, with positions restarting after the prompt (and
+    sliding-window layers their window), so every continuation is computed exactly as
+    if it ran alone after the prompt. `rows` are the continuation-relative positions
+    whose logits are wanted, -1 being the prompt's last token. No KV cache is kept."""
     device = device_of(model)
     dtype = next(model.parameters()).dtype
-    total = sum(len(s) for s in seqs)
-    allow = torch.zeros((total, prompt_len + total), dtype=torch.bool)
-    allow[:, :prompt_len] = True
-    ids, pos, starts, off = [], [], [], 0
+    p, total = len(prompt), sum(len(s) for s in seqs)
+    allow = torch.zeros((p + total, p + total), dtype=torch.bool)
+    allow[:p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
+    allow[p:, :p] = True
+    ids, pos, off = list(prompt), list(range(p)), p
     for s in seqs:
         n = len(s)
-        starts.append(off)
         ids.extend(s)
-        pos.extend(range(prompt_len, prompt_len + n))
-        allow[off:off + n, prompt_len + off:prompt_len + off + n] = torch.ones(
-            (n, n), dtype=torch.bool).tril()
+        pos.extend(range(p, p + n))
+        allow[off:off + n, off:off + n] = torch.ones((n, n), dtype=torch.bool).tril()
         off += n
-    q_pos = torch.tensor(pos)
-    kv_pos = torch.cat([torch.arange(prompt_len), q_pos])
-    mask = custom_mask(model, allow, q_pos, kv_pos, dtype)
-    rows = torch.as_tensor(rows_of(starts), dtype=torch.long, device=device)
-    logits, _ = logits_at(model, rows, vocab, input_ids=torch.tensor([ids], device=device),
-                          attention_mask=mask, position_ids=q_pos[None].to(device),
-                          use_cache=True, **{cache_kw(model): cache})
-    return logits, starts
+    pos_t = torch.tensor(pos)
+    mask = custom_mask(model, allow, pos_t, pos_t, dtype)
+    keep = torch.as_tensor([p + r for r in rows], dtype=torch.long, device=device)
+    logits, _ = logits_at(model, keep, vocab, input_ids=torch.tensor([ids], device=device),
+                          attention_mask=mask, position_ids=pos_t[None].to(device))
+    return logits
+
+
+def _starts(seqs: Sequence[Sequence[int]]) -> list[int]:
+    out, off = [], 0
+    for s in seqs:
+        out.append(off)
+        off += len(s)
+    return out
 
 
 def _batched(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]],
@@ -116,9 +122,9 @@ def answer_logprobs(model, prompt: Sequence[int], answers: Sequence[Sequence[int
                     sharing: str = "packed", vocab: torch.Tensor | None = None
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(sum of answer-token log-probs, answer lengths) for every answer, sharing the
-    prompt: one prefill, then all answers in one forward on its KV cache, either packed
-    into one sequence with a block mask (`packed`) or as a batch on the cache repeated
-    per answer (`batch`). Logits are computed only where an answer token is predicted.
+    prompt: the prompt and all answers in one forward, packed into one sequence with a
+    block mask (`packed`), or one prefill and then a batch on its KV cache repeated per
+    answer (`batch`). Logits are computed only where an answer token is predicted.
     `vocab` (sorted token ids) restricts the softmax to those tokens (every answer token
     must be among them); None is the model's whole vocabulary."""
     if any(len(a) == 0 for a in answers):
@@ -127,23 +133,24 @@ def answer_logprobs(model, prompt: Sequence[int], answers: Sequence[Sequence[int
         raise ValueError(f"sharing must be one of {KV_SHARING}, got {sharing!r}")
     device = device_of(model)
     vocab, index = _vocab_index(vocab, device)
-    last, cache = prefill(model, prompt, vocab)
+    seqs = [a[:-1] for a in answers if len(a) > 1]
+    n_cont = sum(len(x) for x in seqs)
+    if sharing == "packed":
+        logits = _packed(model, prompt, seqs, range(-1, n_cont), vocab)
+        last, cont = logits[0].float(), logits[1:]
+    else:
+        last, cache = prefill(model, prompt, vocab)
+        cont = _batched(model, cache, len(prompt), seqs, vocab) if seqs else None
     first = torch.log_softmax(last, -1)
     total = first[_columns([a[0] for a in answers], index, device)].double()
-    rest = [(row, a) for row, a in enumerate(answers) if len(a) > 1]
-    if rest:
-        seqs = [a[:-1] for _, a in rest]
-        if sharing == "packed":
-            logits, _ = _packed(model, cache, len(prompt), seqs,
-                                lambda starts: range(sum(len(s) for s in seqs)), vocab)
-        else:
-            logits = _batched(model, cache, len(prompt), seqs, vocab)
-        logp = torch.log_softmax(logits.float(), -1)
-        targets = _columns([t for _, a in rest for t in a[1:]], index, device)
+    if seqs:
+        logp = torch.log_softmax(cont.float(), -1)
+        targets = _columns([t for a in answers if len(a) > 1 for t in a[1:]], index, device)
         per_token = logp.gather(-1, targets[:, None])[:, 0].double()
-        sums = torch.split(per_token, [len(s) for s in seqs])
-        for (row, _), s in zip(rest, sums, strict=True):
-            total[row] += s.sum()
+        sums = iter(torch.split(per_token, [len(x) for x in seqs]))
+        for row, a in enumerate(answers):
+            if len(a) > 1:
+                total[row] += next(sums).sum()
     lengths = np.array([len(a) for a in answers], dtype=np.float64)
     return total.cpu().numpy(), lengths
 
@@ -183,15 +190,11 @@ def tokens_processed(prompt_len: int, answer_lens: Sequence[int], shared: bool) 
 @torch.no_grad()
 def yes_no_scores(model, prefix: Sequence[int], suffixes: Sequence[Sequence[int]],
                   yes: int, no: int) -> np.ndarray:
-    """logit(Yes) - logit(No) after each prefix + suffix: the prefix is prefilled once
-    and the suffixes run packed on its cache; only the two answer logits are projected."""
-    device = device_of(model)
-    pair = torch.tensor([yes, no], device=device)
-    _, cache = prefill(model, prefix, pair)
-    logits, _ = _packed(model, cache, len(prefix), suffixes,
-                        lambda starts: [st + len(s) - 1
-                                        for st, s in zip(starts, suffixes, strict=True)],
-                        pair)
+    """logit(Yes) - logit(No) after each prefix + suffix: the prefix and every suffix run
+    packed in one forward; only the two answer logits are projected."""
+    pair = torch.tensor([yes, no], device=device_of(model))
+    ends = [st + len(x) - 1 for st, x in zip(_starts(suffixes), suffixes, strict=True)]
+    logits = _packed(model, prefix, suffixes, ends, pair)
     at = logits.float()
     return (at[:, 0] - at[:, 1]).double().cpu().numpy()
 

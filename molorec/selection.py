@@ -1,14 +1,16 @@
 """Choices the LLM rows make on validation, and the summaries they report.
 
 Every choice (an adapter's learning rate, the grid weight, the entropy learning rate and
-prompt count) is the first best validation NDCG@1 over the listed values, on the whole
+prompt count) is the first best validation value over the listed values, on the whole
 validation set or on a seeded subset of it (`selection.valid_users`) where a CPU budget
-asks for one; test labels are never read.
+asks for one; test labels are never read. The criterion is `selection.metric` (NDCG@1,
+the tables' first metric, by default; MRR counts every rank, so a small subset
+separates settings better).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +26,14 @@ def first_best(results: Mapping[Any, float]) -> Any:
     """The key with the highest value; the first listed wins ties."""
     keys = list(results)
     return max(keys, key=lambda k: (results[k], -keys.index(k)))
+
+
+def evaluate(valid: Validation, rank: Callable[[Sequence], np.ndarray], metric: str) -> float:
+    """Mean `metric` (NDCG@k, HR@k or MRR, tie-aware) of `rank` on the validation users."""
+    from protocols.metrics import compute, positive_index
+
+    scores = np.asarray(rank(valid.requests), dtype=np.float64)
+    return float(compute(metric, scores, positive_index(valid.requests, valid.positives)).mean())
 
 
 def valid_subset(valid: Validation, n: int | None, seed: int) -> Validation:

@@ -59,6 +59,8 @@ class _LLMSystem(System):
         if self.mode == "generate" and not self.prompting.list_candidates:
             raise ValueError("generate mode needs the candidates in the prompt "
                              "(prompt.list_candidates: true)")
+        self.metric = self.config.get("selection", {}).get("metric", "NDCG@1")
+        self.valid_key = f"valid_{self.metric.lower()}"  # what describe() reports
         self.backend: LLMBackend | None = None
         self.titles: dict[str, str] = {}
         self.vocab: torch.Tensor | None = None
@@ -99,7 +101,7 @@ class _LLMSystem(System):
         self._start_backend().set_adapter(adapter)
 
     def _evaluate(self, valid: Validation) -> float:
-        return valid.evaluate(self._rank)
+        return SEL.evaluate(valid, self._rank, self.metric)
 
     # -- ranking ---------------------------------------------------------------------
     def _prompt(self, req: ScoreRequest) -> tuple[tuple[int, ...], list[tuple[int, ...]]]:
@@ -135,6 +137,12 @@ class _LLMSystem(System):
     def score(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         with torch.no_grad():
             return self._rank(requests)
+
+    def _report_valid(self, valid: Validation) -> None:
+        """Record the validation value of the served model for a row that chose nothing
+        (unless selection.report_valid is false: a CPU budget skips that pass)."""
+        if self.config.get("selection", {}).get("report_valid", True):
+            self.info[self.valid_key] = round(self._evaluate(self._selection_valid(valid)), 4)
 
     def _selection_valid(self, valid: Validation) -> Validation:
         """The validation requests every choice of this row is made on (a seeded subset
@@ -189,7 +197,7 @@ class Backbone(_LLMSystem):
     def fit(self, data: TrainData, valid: Validation) -> None:
         self.train_artifacts(data)
         self._serve(None)
-        self.info["valid_ndcg@1"] = round(self._evaluate(self._selection_valid(valid)), 4)
+        self._report_valid(valid)
 
 
 class TALLRec(_LLMSystem):
@@ -207,7 +215,7 @@ class TALLRec(_LLMSystem):
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         arts = self.train_artifacts(data)
-        self.info["lr"], self.info["valid_ndcg@1"] = self._select_adapter(
+        self.info["lr"], self.info[self.valid_key] = self._select_adapter(
             arts["tallrec"], self._selection_valid(valid), "valid_by_lr")
 
     def _rank(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
@@ -229,13 +237,15 @@ class TALLRec(_LLMSystem):
 class _MoLoRecBase(_LLMSystem):
     group: ClassVar[str] = "Ours"
 
-    def _best_specific(self, paths: dict[float, Path], valid: Validation) -> Path:
-        """With several learning rates, the adapter that alone scores best on validation."""
+    def _best_specific(self, paths: dict[float, Path], valid: Validation
+                       ) -> tuple[Path, float | None]:
+        """With several learning rates, the adapter that alone scores best on validation
+        (and its value); with one, that adapter (None)."""
         if len(paths) == 1:
-            return next(iter(paths.values()))
-        lr, _ = self._select_adapter(paths, valid, "specific_valid_by_lr")
+            return next(iter(paths.values())), None
+        lr, value = self._select_adapter(paths, valid, "specific_valid_by_lr")
         self.info["specific_lr"] = lr
-        return paths[lr]
+        return paths[lr], value
 
 
 class MoLoRecG(_MoLoRecBase):
@@ -252,7 +262,7 @@ class MoLoRecG(_MoLoRecBase):
     def fit(self, data: TrainData, valid: Validation) -> None:
         arts = self.train_artifacts(data)
         self._serve(arts["general"])
-        self.info["valid_ndcg@1"] = round(self._evaluate(self._selection_valid(valid)), 4)
+        self._report_valid(valid)
 
 
 class MoLoRecS(_MoLoRecBase):
@@ -268,10 +278,12 @@ class MoLoRecS(_MoLoRecBase):
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         arts = self.train_artifacts(data)
-        sub = self._selection_valid(valid)
-        path = self._best_specific(arts["specific"], sub)
+        path, value = self._best_specific(arts["specific"], self._selection_valid(valid))
         self._serve(path)
-        self.info["valid_ndcg@1"] = round(self._evaluate(sub), 4)
+        if value is None:
+            self._report_valid(valid)
+        else:
+            self.info[self.valid_key] = value
 
 
 class MoLoRec(_MoLoRecBase):
@@ -295,12 +307,12 @@ class MoLoRec(_MoLoRecBase):
         self.info["mixture_method"] = method
         arts = self.train_artifacts(data)
         sub = self._selection_valid(valid)
-        self.parts = (arts["general"], self._best_specific(arts["specific"], sub))
+        self.parts = (arts["general"], self._best_specific(arts["specific"], sub)[0])
         self._adapted = False
         t0 = time.perf_counter()
         if method == "fixed":
             self._serve_weights(self._uniform(cfg["fixed"]))
-            self.info["valid_ndcg@1"] = round(self._evaluate(sub), 4)
+            self.info[self.valid_key] = round(self._evaluate(sub), 4)
         elif method == "grid":
             results = {}
             for w in cfg["grid"]:
@@ -311,7 +323,7 @@ class MoLoRec(_MoLoRecBase):
             best = SEL.first_best(results)
             self._serve_weights(self._uniform([best, 1.0 - best]))
             self.info["grid_valid"] = {f"{w:g}": round(v, 4) for w, v in results.items()}
-            self.info["valid_ndcg@1"] = round(results[best], 4)
+            self.info[self.valid_key] = round(results[best], 4)
         else:
             self._select_entropy(sub)
         self.info.setdefault("seconds", {})["mixture_selection"] = round(
@@ -387,7 +399,7 @@ class MoLoRec(_MoLoRecBase):
                 t0 = time.perf_counter()
                 v = self._evaluate(valid)
                 results[f"n={n} lr={lr:g}"] = {
-                    "valid_ndcg@1": round(v, 4), "entropy": [round(x, 4) for x in hist],
+                    self.valid_key: round(v, 4), "entropy": [round(x, 4) for x in hist],
                     "epochs_used": len(hist), "learn_s": round(learn_s, 1),
                     "eval_s": round(time.perf_counter() - t0, 1),
                     "weights_by_block": SEL.by_block(weights)}
@@ -395,7 +407,7 @@ class MoLoRec(_MoLoRecBase):
                     best = (v, int(n), float(lr))
         self.info["entropy_selection"] = results
         self.info["entropy_lr"], self.info["entropy_n_prompts"] = best[2], best[1]
-        self.info["valid_ndcg@1"] = round(best[0], 4)
+        self.info[self.valid_key] = round(best[0], 4)
 
     def _adapt(self, requests: Sequence[ScoreRequest]) -> None:
         """Entropy-guided theta on unlabeled test prompts, then served (once)."""

@@ -79,6 +79,8 @@ class System(ABC):
     name: ClassVar[str] = ""
     group: ClassVar[str] = "Traditional"
     profiles: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "cpu": {}, "paper": {}}
+    # True: the runner gives the cell every CPU core (large models); else one thread
+    multithreaded: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         self.config = dict(config)

@@ -171,7 +171,7 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     if not force and (cached := _cached(cell_dir, key, Path(proto_dir), log)) is not None:
         return cached
     _check_cell_dir(cell_dir)
-    _seed_everything(seed)
+    _seed_everything(seed, getattr(cls, "multithreaded", False))
     system = cls(config, seed, str(workdir))
     t0 = time.perf_counter()
     system.fit(proto.data, proto.valid)
@@ -206,10 +206,11 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     return load_cell(cell_dir, proto_dir)
 
 
-def _seed_everything(seed: int) -> None:
-    """Seed every generator, and pin torch's CPU threads: MOLOREC_BENCH_THREADS, default 1.
-    On small CPU machines one thread per process was up to 10x faster than two whenever
-    anything else ran beside it, and results do not depend on it."""
+def _seed_everything(seed: int, multithreaded: bool = False) -> None:
+    """Seed every generator, and pin torch's CPU threads: MOLOREC_BENCH_THREADS if set,
+    else 1, or every core for a system that declares itself `multithreaded` (the LLM
+    rows: large matrix products scale; small models ran up to 10x slower with two
+    threads whenever anything else ran beside them)."""
     import random
 
     import torch
@@ -217,7 +218,8 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(int(os.environ.get("MOLOREC_BENCH_THREADS", "1")))
+    env = os.environ.get("MOLOREC_BENCH_THREADS")
+    torch.set_num_threads(int(env) if env else (os.cpu_count() or 1) if multithreaded else 1)
 
 
 def caption_notes(results: Sequence[CellResult]) -> list[str]:

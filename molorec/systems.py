@@ -36,6 +36,7 @@ class _LLMSystem(System):
     """Prompting, the backend and ranking, shared by every LLM row."""
 
     group: ClassVar[str] = "LLM-Based"
+    multithreaded: ClassVar[bool] = True  # the runner gives it every core
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)

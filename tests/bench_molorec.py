@@ -1,156 +1,166 @@
-"""MoLoRec scoring benchmarks (pytest-benchmark), side by side in one run.
+"""LLM-row benchmarks on the cpu profile's backbone (pytest-benchmark), side by side.
 
     pytest tests/bench_molorec.py --benchmark-only -p no:cacheprovider
 
-On real ML-100K prompts (embedded dataset, tokenizer trained here) and a model of the
-cpu profile's shape (random weights: cost does not depend on them):
-- scoring: one prefill + all 30 candidates on its KV cache (packed / batch) against naive
-  per-candidate scoring; tokens processed per request are reported next to the limit
-  (the prompt once plus every candidate once);
-- mixture: merged vs unmerged mixture inference vs the plain backbone;
-- entropy: entropy-guided theta learning (cpu profile settings) vs one validation
-  evaluation.
-Numbers go to BENCHMARKS.md, section "MoLoRec scoring".
+Gemma-3-270M (converted from its PyPI GGUF once, cached under $MOLOREC_BENCH_CACHE or a
+temporary directory) on real ML-100K validation prompts with the cpu profile's prompt
+settings, torch threads = $MOLOREC_BENCH_THREADS (default: every core):
+- score mode: the prompt and the 30 candidates in one packed forward, with the softmax
+  over the title vocabulary (the cpu profile) or the full 262k vocabulary; the KV-cache
+  `batch` variant; naive per-candidate scoring (tokens processed per request reported);
+- TALLRec's yes/no scoring of the same requests;
+- one LoRA training step (the cpu profile's micro-batch) and entropy-guided learning
+  against one validation evaluation.
+Numbers go to BENCHMARKS.md, section "LLM rows on Gemma-3-270M".
 """
 
 from __future__ import annotations
 
 import copy
+import os
+import tempfile
 
 import numpy as np
 import pytest
 import torch
 
 from molorec import ranking as R
-from molorec.backbone import train_tokenizer
-from molorec.lora import Adapter
-from molorec.mixture import Mixture, learn_entropy
-from molorec.profiles import COMMON
-from molorec.template import Encoder, rank_prompt, template_texts
+from molorec.profiles import PROFILES
 
-torch.set_num_threads(1)
 N_REQUESTS = 8
-CPU = COMMON["cpu"]
+CPU = PROFILES["molorec"]["cpu"]
+torch.set_num_threads(int(os.environ.get("MOLOREC_BENCH_THREADS") or os.cpu_count() or 1))
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from transformers import Qwen2Config, Qwen2ForCausalLM
-
+def setup():
+    from molorec import systems as S
     from protocols.build import build_protocol
     from protocols.files import load_protocol
 
-    root = tmp_path_factory.mktemp("bench") / "warm"
-    build_protocol("ml-100k", "warm", 0, root)
+    work = os.environ.get("MOLOREC_BENCH_CACHE") or tempfile.mkdtemp(prefix="bench-gemma-")
+    root = os.path.join(work, "protocol-warm")
+    if not os.path.exists(root):
+        build_protocol("ml-100k", "warm", 0, root)
     proto = load_protocol(root)
-    titles = proto.data.titles
-    tok = train_tokenizer([t + "\n" for t in sorted(set(titles.values()))]
-                          + list(template_texts()) * 50, CPU["backbone"]["vocab_size"])
-    enc = Encoder(tok)
-    b = CPU["backbone"]
-    torch.manual_seed(0)
-    model = Qwen2ForCausalLM(Qwen2Config(
-        vocab_size=len(tok), hidden_size=b["hidden_size"],
-        intermediate_size=b["intermediate_size"], num_hidden_layers=b["num_hidden_layers"],
-        num_attention_heads=b["num_attention_heads"],
-        num_key_value_heads=b["num_key_value_heads"], head_dim=b["head_dim"],
-        max_position_embeddings=b["max_position_embeddings"], tie_word_embeddings=True)).eval()
-    model.requires_grad_(False)
-
-    def prompt_of(req):
-        cands = [titles[c] for c in req.candidates]
-        answers = [enc.answer(t) for t in cands]
-        p = rank_prompt(enc, [titles[i] for i in req.history], cands,
-                        CPU["prompt"]["max_len"], max(len(a) for a in answers),
-                        CPU["prompt"]["max_history"])
-        return p.ids, answers
-
-    cases = [prompt_of(r) for r in proto.valid.requests[:N_REQUESTS]]
-    return {"model": model, "cases": cases, "enc": enc, "proto": proto, "prompt_of": prompt_of}
+    system = S.MoLoRecS(copy.deepcopy(CPU), 0, work)
+    system.train_artifacts(proto.data)  # the backbone only (no adapter is trained here)
+    system._serve(None)
+    reqs = proto.valid.requests[:N_REQUESTS]
+    return {"system": system, "model": system.backend.model, "proto": proto,
+            "cases": [system._prompt(r) for r in reqs], "requests": reqs}
 
 
-def _score_all(model, cases, sharing):
+def _score(model, cases, sharing, vocab):
     for prompt, answers in cases:
         if sharing == "naive":
-            R.answer_logprobs_naive(model, prompt, answers)
+            R.answer_logprobs_naive(model, prompt, answers, vocab)
         else:
-            R.answer_logprobs(model, prompt, answers, sharing)
+            R.answer_logprobs(model, prompt, answers, sharing, vocab)
 
 
-@pytest.mark.parametrize("sharing", ["packed", "batch", "naive"])
-def test_scoring(benchmark, setup, sharing):
-    benchmark.group = f"scoring {N_REQUESTS} ML-100K requests x 30 candidates"
+@pytest.mark.parametrize("variant", ["packed, title vocab", "packed, full vocab",
+                                     "batch, title vocab", "naive, title vocab"])
+def test_scoring(benchmark, setup, variant):
+    benchmark.group = f"score mode, {N_REQUESTS} ML-100K requests x 30 candidates"
+    sharing = variant.split(",")[0]
+    vocab = setup["system"].vocab if "title" in variant else None
     cases = setup["cases"]
     shared = sharing != "naive"
-    tokens = [R.tokens_processed(len(p), [len(a) for a in ans], shared) for p, ans in cases]
-    limit = [R.tokens_processed(len(p), [len(a) for a in ans], True) for p, ans in cases]
     benchmark.extra_info.update({
-        "tokens_per_request": float(np.mean(tokens)), "limit_per_request": float(np.mean(limit)),
-        "prompt_tokens": float(np.mean([len(p) for p, _ in cases]))})
+        "tokens_per_request": float(np.mean([R.tokens_processed(
+            len(p), [len(a) for a in ans], shared) for p, ans in cases])),
+        "prompt_tokens": float(np.mean([len(p) for p, _ in cases])),
+        "vocab": len(vocab) if vocab is not None else "full",
+        "threads": torch.get_num_threads()})
     with torch.no_grad():
-        benchmark.pedantic(_score_all, args=(setup["model"], cases, sharing),
-                           rounds=3 if shared else 1, iterations=1, warmup_rounds=1)
+        benchmark.pedantic(_score, args=(setup["model"], cases, sharing, vocab),
+                           rounds=1 if sharing == "naive" else 3, iterations=1,
+                           warmup_rounds=0 if sharing == "naive" else 1)
 
 
-def _random_adapter(model, name: str, seed: int, r: int = 16) -> Adapter:
-    g = torch.Generator().manual_seed(seed)
-    weights = {}
-    for mod, m in model.named_modules():
-        if isinstance(m, torch.nn.Linear) and mod != "lm_head":
-            weights[mod] = (torch.randn(r, m.in_features, generator=g) * 0.05,
-                            torch.randn(m.out_features, r, generator=g) * 0.05)
-    return Adapter(name, 2.0, weights)
+def test_yes_no(benchmark, setup):
+    """TALLRec's cost: prefix (history, question) and 30 short candidate suffixes packed."""
+    from molorec.backends import ChoiceRequest
+    from molorec.template import NO, YES, yes_no_parts
+
+    benchmark.group = f"score mode, {N_REQUESTS} ML-100K requests x 30 candidates"
+    s = setup["system"]
+    parts = []
+    for r in setup["requests"]:
+        prefix, suffixes, _ = yes_no_parts(
+            s.enc, [s.titles[i] for i in r.history], [s.titles[c] for c in r.candidates],
+            s.prompting.max_len, s.prompting.max_history)
+        parts.append(ChoiceRequest(prefix, tuple(suffixes)))
+    yes, no = s.enc.word(YES), s.enc.word(NO)
+    benchmark.pedantic(lambda: s.backend.yes_no(parts, yes, no), rounds=3, iterations=1,
+                       warmup_rounds=1)
 
 
-@pytest.fixture(scope="module")
-def mixed(setup):
+def test_lora_training_step(benchmark, setup):
+    from peft import LoraConfig, get_peft_model
+
+    from molorec.train_loop import answer_loss_sum, collate
+
+    benchmark.group = "training and mixture learning"
     model = copy.deepcopy(setup["model"])
-    mix = Mixture(model, [_random_adapter(model, "general", 1),
-                          _random_adapter(model, "specific", 2)])
-    return mix
+    lora = CPU["lora"]
+    peft_model = get_peft_model(model, LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"]))
+    from molorec.instructions import Example
+
+    micro = CPU["specific"]["train"]["micro_batch_size"]
+    examples = [Example(p, a[0]) for p, a in setup["cases"][:micro]]
+    batch = collate(examples, 0, "cpu")
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    benchmark.extra_info["examples"] = len(examples)
+
+    def step():
+        loss = answer_loss_sum(peft_model, batch)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    peft_model.train()
+    benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
 
 
-@pytest.mark.parametrize("variant", ["plain backbone", "merged mixture", "unmerged mixture"])
-def test_mixture_inference(benchmark, setup, mixed, variant):
-    benchmark.group = f"mixture inference, {N_REQUESTS} requests (packed scoring)"
-    model = setup["model"] if variant == "plain backbone" else mixed.model
-    if variant == "merged mixture" and not mixed.merged:
-        mixed.merge()
-    if variant == "unmerged mixture" and mixed.merged:
-        mixed.unmerge()
-    with torch.no_grad():
-        benchmark.pedantic(_score_all, args=(model, setup["cases"], "packed"), rounds=3,
-                           iterations=1, warmup_rounds=1)
+def test_entropy_learning(benchmark, setup):
+    from molorec.adapters import Adapter
+    from molorec.mixture import Mixture, learn_entropy
 
-
-def test_entropy_learning(benchmark, setup, mixed):
+    benchmark.group = "training and mixture learning"
     e = CPU["mixture"]["entropy"]
-    benchmark.group = "entropy-guided learning vs one validation evaluation"
-    if mixed.merged:
-        mixed.unmerge()
+    model = copy.deepcopy(setup["model"])
+    g = torch.Generator().manual_seed(0)
+    adapters = []
+    for name in ("general", "specific"):
+        weights = {mod: (torch.randn(16, m.in_features, generator=g) * 0.01,
+                         torch.randn(m.out_features, 16, generator=g) * 0.01)
+                   for mod, m in model.named_modules()
+                   if isinstance(m, torch.nn.Linear) and "layers." in mod}
+        adapters.append(Adapter(name, 2.0, weights))
+    mix = Mixture(model, adapters)
     reqs = setup["proto"].valid.requests[:e["n_prompts"]]
-    prompts = [setup["prompt_of"](r)[0] for r in reqs]
-    benchmark.extra_info.update({"n_prompts": len(prompts), "epochs": e["epochs"],
-                                 "batch_size": e["batch_size"], "k": e["k"]})
+    prompts = [setup["system"]._prompt(r)[0] for r in reqs]
+    benchmark.extra_info.update({"n_prompts": len(prompts), "epochs": e["epochs"]})
 
     def run():
-        mixed.set_weights([0.5, 0.5])
+        mix.set_weights([0.5, 0.5])
         with torch.enable_grad():
-            learn_entropy(mixed, prompts, k=e["k"], lr=0.1, epochs=e["epochs"],
-                          batch_size=e["batch_size"], eos=setup["enc"].eos, seed=0)
+            learn_entropy(mix, prompts, k=e["k"], lr=0.1, epochs=e["epochs"],
+                          batch_size=e["batch_size"], micro_batch_size=e["micro_batch_size"],
+                          eos=setup["system"].enc.eos, seed=0)
 
     benchmark.pedantic(run, rounds=1, iterations=1)
 
 
-def test_one_validation_evaluation(benchmark, setup, mixed):
-    benchmark.group = "entropy-guided learning vs one validation evaluation"
-    if not mixed.merged:
-        mixed.merge()
-    reqs = setup["proto"].valid.requests
-    benchmark.extra_info["requests"] = len(reqs)
-
-    def run():
-        with torch.no_grad():
-            _score_all(mixed.model, [setup["prompt_of"](r) for r in reqs], "packed")
-
-    benchmark.pedantic(run, rounds=1, iterations=1)
+def test_one_validation_user(benchmark, setup):
+    """Per-user cost of a validation (or test) pass in the cpu profile's score mode."""
+    benchmark.group = "training and mixture learning"
+    system = setup["system"]
+    with torch.no_grad():
+        benchmark.pedantic(lambda: system.score(setup["requests"]), rounds=3, iterations=1)
+    benchmark.extra_info["users"] = len(setup["requests"])

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.api import ScoreRequest, TrainData, UserSequence, Validation
+from protocols.data import ScoreRequest, TrainData, UserSequence, Validation
 from protocols.errors import OutputError, ProtocolError
 
 FILES = ("items.jsonl", "train.jsonl", "general.jsonl", "valid_candidates.jsonl",

@@ -11,7 +11,6 @@ Layout under OUT:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -33,20 +32,19 @@ from bench.results import (
     jsonl_text,
     load_cell,
     metric_rows,
-    text_sha256,
 )
+from bench.seeding import seed_everything
 from protocols import metrics as M
 from protocols.build import build_protocol, source_hashes
 from protocols.datasets import source_root
+from protocols.digest import digest, file_sha256, text_sha256
 from protocols.errors import HarnessError, OptionError, OutputError
 from protocols.files import (
     FILES,
-    atomic_dir,
-    atomic_write_text,
     load_protocol,
     overlapping,
-    sha256_file,
 )
+from protocols.store import atomic_dir, atomic_write_text
 
 __all__ = ["CELL_FORMAT", "cell_key", "ensure_protocol", "run_cell", "run_table"]
 SCORE_BATCH = 256
@@ -78,7 +76,7 @@ def _stale(root: Path, dataset: str, setting: str, seed: int, options: dict,
         return "built from other data (the source files' sha256 differ)"
     files = have.get("files") or {}
     for name in FILES:
-        if not (root / name).is_file() or sha256_file(root / name) != files.get(name):
+        if not (root / name).is_file() or file_sha256(root / name) != files.get(name):
             return f"{name} does not match the sha256 in its manifest"
     return None
 
@@ -104,12 +102,11 @@ def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: d
 
 def cell_key(system_cls: type[System], config: dict, seed: int, manifest: dict) -> str:
     """Hash of everything that determines a cell's numbers."""
-    blob = json.dumps({
+    return digest({
         "format": CELL_FORMAT, "system": system_cls.name,
         "class": f"{system_cls.__module__}:{system_cls.__qualname__}",
         "config": config, "seed": seed, "protocol_files": manifest["files"],
-    }, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    })
 
 
 def score_all(system: System, requests: Sequence[ScoreRequest], desc: str) -> np.ndarray:
@@ -171,7 +168,7 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     if not force and (cached := _cached(cell_dir, key, Path(proto_dir), log)) is not None:
         return cached
     _check_cell_dir(cell_dir)
-    _seed_everything(seed)
+    _prepare(seed)
     system = cls(config, seed, str(workdir))
     t0 = time.perf_counter()
     system.fit(proto.data, proto.valid)
@@ -206,17 +203,13 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     return load_cell(cell_dir, proto_dir)
 
 
-def _seed_everything(seed: int) -> None:
+def _prepare(seed: int) -> None:
     """Seed every generator, and pin torch's CPU threads: MOLOREC_BENCH_THREADS, default 1.
     On small CPU machines one thread per process was up to 10x faster than two whenever
     anything else ran beside it, and results do not depend on it."""
-    import random
-
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     torch.set_num_threads(int(os.environ.get("MOLOREC_BENCH_THREADS", "1")))
 
 

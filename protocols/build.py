@@ -16,18 +16,18 @@ import numpy as np
 
 from protocols import filtering, splits
 from protocols.datasets import load_dataset, source_files, source_root
+from protocols.digest import file_sha256
 from protocols.errors import OptionError, OutputError, ProtocolError
 from protocols.files import (
     FILES,
     PROTOCOL_FORMAT,
-    atomic_dir,
     candidates_sha256,
     check_protocol_out,
     overlapping,
-    sha256_file,
 )
 from protocols.interactions import Interactions
 from protocols.sampling import candidate_rows, sample_negatives
+from protocols.store import atomic_dir
 
 FORMAT = PROTOCOL_FORMAT
 N_NEGATIVES = 29
@@ -73,7 +73,7 @@ def _general_ragged(general: Interactions, drop_items: set[str]
 def source_hashes(dataset: str, data_path: str | Path | None) -> dict[str, str]:
     """sha256 of every raw file a build of `dataset` reads: the manifest's `source`, and
     the part of a protocol's cache key that covers the data."""
-    return {p.name: sha256_file(p) for p in source_files(dataset, data_path)
+    return {p.name: file_sha256(p) for p in source_files(dataset, data_path)
             if p.suffix not in (".kg", ".link")}
 
 
@@ -180,7 +180,7 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     with atomic_dir(out, check=check_protocol_out) as tmp:
         for name in FILES:
             (tmp / name).write_text(texts[name], encoding="utf-8")
-        manifest["files"] = {name: sha256_file(tmp / name) for name in FILES}
+        manifest["files"] = {name: file_sha256(tmp / name) for name in FILES}
         manifest["candidates_sha256"] = candidates_sha256(manifest["files"])
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -23,8 +23,8 @@ import numpy as np
 
 from bench.api import GROUPS
 from bench.results import CellResult
-from protocols.files import atomic_write_text
 from protocols.stats import holm, paired_ttest
+from protocols.store import atomic_write_text
 from reports import paper_reference, render
 
 COMPARED_GROUPS = ("Traditional", "Transferable", "LLM-Based", "Ours")

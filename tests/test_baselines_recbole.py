@@ -111,7 +111,7 @@ def test_numpy_shim_restores_only_missing_aliases(monkeypatch):
 
 def test_a_recbole_model_trains_and_learns_the_pattern(toy):
     data, valid = toy
-    config = {**GRU4Rec.config_for("smoke"), "epochs": 8, "patience": 8, "learning_rate": 1e-2}
+    config = {**GRU4Rec.config_for("smoke"), "epochs": 8, "patience": 8, "lr": 1e-2}
     system = GRU4Rec(config, seed=0)
     system.fit(data, valid)
     facts = system.describe()

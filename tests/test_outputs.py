@@ -13,7 +13,8 @@ from bench.cli import main
 from bench.runner import run_table
 from protocols.build import build_protocol
 from protocols.errors import BusyError, OutputError
-from protocols.files import atomic_dir, check_protocol_out
+from protocols.files import check_protocol_out
+from protocols.store import atomic_dir
 from tests.conftest import write_atomic_dataset
 
 QUIET = {"log": lambda s: None}

@@ -58,6 +58,7 @@ class CellResult:
     users: list[str]
     values: dict[str, np.ndarray]  # metric name -> per-user values, aligned with users
     meta: dict[str, Any] = field(default_factory=dict)
+    n_candidates: int | None = None  # per test user (None: not known, e.g. built by hand)
 
     def mean(self, metric: str) -> float:
         return float(np.mean(self.values[metric]))
@@ -269,7 +270,7 @@ def load_cell(cell_dir: Path, protocol: Path | None = None) -> CellResult:
     _check_metrics(cell_dir, _jsonl(cell_dir, "metrics.jsonl"), test, values)
     return CellResult(meta["table"], meta["dataset"], meta["setting"], meta["system"],
                       meta["group"], int(meta["seed"]), meta["candidates_sha256"],
-                      list(test.users), values, meta)
+                      list(test.users), values, meta, width)
 
 
 def recompute_from_scores(scores_path: Path, candidates_path: Path, metric: str) -> float:

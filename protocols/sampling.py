@@ -27,7 +27,7 @@ def _first_valid(draws: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.nd
     return np.take_along_axis(draws, pick, axis=1), ok
 
 
-def sample_negatives(
+def candidate_negatives(
     rng: np.random.Generator,
     users: np.ndarray,
     pool: np.ndarray,

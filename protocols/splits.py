@@ -4,7 +4,8 @@ A training sample is one target position t >= 1 of a user's training sequence: i
 predicts items[t] from items[:t]. Few-shot settings keep a seeded p% of these samples
 (nested: 10% inside 20% inside 30%); the full sequence is still written, and the kept
 positions are listed in "targets", so sequence models and prompts see whole histories
-but learn only from the kept targets.
+but learn only from the kept targets. Which setting uses which split is said by its
+spec (protocols.settings).
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ import numpy as np
 from protocols.errors import ProtocolError
 from protocols.filtering import user_bounds
 from protocols.interactions import Interactions
-
-FEWSHOT = {"fewshot-10": 10, "fewshot-20": 20, "fewshot-30": 30}
-SETTINGS = ("warm", "cold", *FEWSHOT)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from bench import registry
 from bench.api import System
 from bench.results import load_cell, recompute_from_scores
 from bench.runner import run_table
+from reports.publish import publish_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    res = run_table("warm", "smoke", out, systems=["Random", "Pop"], log=lambda s: None)
+    res = publish_table("warm", "smoke", out, systems=["Random", "Pop"], log=lambda s: None)
     return out, res
 
 

@@ -183,6 +183,11 @@ def test_plugin_installs_lists_and_runs(tmp_path):
     assert "ItemCoOccurrence" in (out / "warm.md").read_text()
     cell = load_cell(out / "cells" / "ml-100k" / "warm" / "ItemCoOccurrence" / "seed-0")
     assert cell.group == "Traditional" and len(cell.users) > 10
+    # the plugin's own test: the contract check the README's guide asks for
+    checked = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              str(ROOT / "examples" / "plugin" / "tests")], capture_output=True,
+                             text=True, cwd=tmp_path, env=env, timeout=300)
+    assert checked.returncode == 0, checked.stdout[-2000:]
 
 
 def test_report_rebuilds_without_training(small_run, tmp_path):

@@ -42,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench", epilog=EPILOG, formatter_class=argparse.RawTextHelpFormatter,
         description="Benchmark harness for LLM-based recommendation: every system ranks the "
-                    "same 1 positive + 29 negative candidates per user.")
+                    f"same 1 positive + {ProtocolOptions().negatives} negative candidates per "
+                    "user.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train and score every system of a table, then render it",
@@ -78,7 +79,7 @@ def _parser() -> argparse.ArgumentParser:
 
     proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    b = proto.add_parser("build", help="write the split and 1+29 candidate files")
+    b = proto.add_parser("build", help="write the split and the candidate files")
     b.add_argument("--dataset", required=True, help="ml-100k (embedded), ml-1m, ml-10m, "
                    "amazon2014-<Category>, amazon2018-<Category>, or any name with --data-path")
     b.add_argument("--setting", required=True, choices=settings.names())

@@ -33,6 +33,7 @@ from bench.api import (
     check_scores,
 )
 from bench.seeding import seed_everything
+from protocols.options import ProtocolOptions
 
 Domain = tuple[TrainData, Validation, Sequence[ScoreRequest]]  # data, valid, test requests
 _WORDS = ("red", "blue", "night", "river", "stone", "glass", "quiet", "storm", "garden", "light")
@@ -50,8 +51,8 @@ class Checked:
     scores: np.ndarray
 
 
-def toy_domain(n_users: int = 24, n_items: int = 60, length: int = 10, n_candidates: int = 30,
-               seed: int = 0) -> Domain:
+def toy_domain(n_users: int = 24, n_items: int = 60, length: int = 10,
+               n_candidates: int = ProtocolOptions().n_candidates, seed: int = 0) -> Domain:
     """Users walk a catalogue (item i is mostly followed by i+1), items have titles, a
     user-disjoint general corpus; validation and test ask for the next item among
     1 positive + (n_candidates - 1) negatives."""

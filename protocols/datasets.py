@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from protocols.errors import ProtocolError
 from protocols.interactions import Interactions
-from protocols.registry import Registry, RegistryError, did_you_mean, import_target, suggest
+from protocols.registry import Registry, did_you_mean, import_target, spec_of, suggest
 
 ENTRY_POINT_GROUP = "molorec_bench.datasets"
 PART = "{part}"
@@ -141,14 +141,8 @@ BUILTIN: dict[str, DatasetSpec | str] = {
 }
 
 
-def _check(name: str, obj: object) -> DatasetSpec:
-    if not isinstance(obj, DatasetSpec) or obj.name != name:
-        raise RegistryError(f"dataset {name!r} must be a DatasetSpec named {name!r}, got "
-                            f"{obj!r}")
-    return obj
-
-
-DATASETS: Registry[DatasetSpec] = Registry("dataset", ENTRY_POINT_GROUP, BUILTIN, _check,
+DATASETS: Registry[DatasetSpec] = Registry("dataset", ENTRY_POINT_GROUP, BUILTIN,
+                                           spec_of("dataset", DatasetSpec),
                                            unknown=ProtocolError)
 
 

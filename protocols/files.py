@@ -8,7 +8,6 @@ half-written protocol.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from protocols.data import ScoreRequest, TrainData, UserSequence, Validation
-from protocols.digest import file_sha256
+from protocols.digest import file_sha256, text_sha256
 from protocols.errors import OutputError, ProtocolError
 
 FILES = ("items.jsonl", "train.jsonl", "general.jsonl", "valid_candidates.jsonl",
@@ -28,7 +27,7 @@ PROTOCOL_FORMAT = "molorec-bench-protocol/1"
 def candidates_sha256(file_hashes: dict[str, str]) -> str:
     """One hash for the candidate files: sha256 of 'name sha\\n' lines, valid then test."""
     text = "".join(f"{name} {file_hashes[name]}\n" for name in CANDIDATE_FILES)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return text_sha256(text)
 
 
 def overlapping(a: Path, b: Path) -> bool:

@@ -58,6 +58,17 @@ def import_target(target: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
+def spec_of(kind: str, spec_type: type[T]) -> Callable[[str, Any], T]:
+    """A `check` for registries of specs: the entry is a `spec_type` named as registered."""
+    def check(name: str, obj: Any) -> T:
+        if not isinstance(obj, spec_type) or getattr(obj, "name", None) != name:
+            raise RegistryError(f"{kind} {name!r} must be a {spec_type.__name__} named "
+                                f"{name!r}, got {obj!r}")
+        return obj
+
+    return check
+
+
 class Registry(Generic[T]):
     """Built-in entries (`builtin`, name -> object or 'module:attr') plus the plugins of
     entry-point group `group`. `check(name, obj)` validates what an entry loads to.

@@ -16,7 +16,7 @@ from protocols import splits
 from protocols.errors import ProtocolError
 from protocols.interactions import Interactions
 from protocols.options import ProtocolOptions
-from protocols.registry import Registry, RegistryError
+from protocols.registry import Registry, spec_of
 
 ENTRY_POINT_GROUP = "molorec_bench.settings"
 SplitFn = Callable[[Interactions, int, ProtocolOptions], splits.Split]
@@ -74,14 +74,8 @@ BUILTIN: dict[str, SettingSpec | str] = {
 }
 
 
-def _check(name: str, obj: object) -> SettingSpec:
-    if not isinstance(obj, SettingSpec) or obj.name != name:
-        raise RegistryError(f"setting {name!r} must be a SettingSpec named {name!r}, got "
-                            f"{obj!r}")
-    return obj
-
-
-SETTINGS: Registry[SettingSpec] = Registry("setting", ENTRY_POINT_GROUP, BUILTIN, _check,
+SETTINGS: Registry[SettingSpec] = Registry("setting", ENTRY_POINT_GROUP, BUILTIN,
+                                           spec_of("setting", SettingSpec),
                                            unknown=ProtocolError)
 
 

@@ -17,6 +17,7 @@ import numpy as np
 from protocols.errors import ProtocolError
 from protocols.filtering import user_bounds
 from protocols.interactions import Interactions
+from protocols.options import ProtocolOptions
 
 
 @dataclass
@@ -100,7 +101,8 @@ def fewshot(inter: Interactions, percent: int, seed: int) -> Split:
     return split
 
 
-def cold(inter: Interactions, fraction: float, seed: int, k: int = 29) -> Split:
+def cold(inter: Interactions, fraction: float, seed: int,
+         k: int = ProtocolOptions.negatives) -> Split:
     """New-item split.
 
     A seeded `fraction` of the items is made cold: removed from every training and

@@ -266,7 +266,8 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
     """Aggregate cells (one per dataset/setting/system/seed) into a marked comparison table.
 
     `table` keeps only results of that table name (all results must share one otherwise);
-    `order` fixes the row order within groups; `notes` are appended to the caption;
+    `order` (row labels; callers pass the registry's) fixes the row order within groups,
+    rows not in it following in the order they come; `notes` are appended to the caption;
     `reference="paper"` adds the paper's published numbers as a separate block;
     `failed` (row label -> group) adds rows marked failed, with no values.
     """

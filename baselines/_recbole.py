@@ -9,8 +9,6 @@ patience. RecBole's evaluator, its evaluation samplers, checkpoints, log files a
 
 from __future__ import annotations
 
-import copy
-import math
 import tempfile
 import time
 import warnings
@@ -43,6 +41,7 @@ from recbole.sampler import Sampler  # noqa: E402
 from recbole.trainer import Trainer  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
 
+from baselines.common import EarlyStopping, pad_right  # noqa: E402
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation  # noqa: E402
 
 USER, ITEM = "user_id", "item_id"
@@ -94,30 +93,20 @@ def check_targets(seq: UserSequence) -> tuple[int, ...]:
     return targets
 
 
-def left_aligned(history: Sequence[int], max_len: int) -> tuple[np.ndarray, int]:
-    """The last `max_len` ids at positions 0..len-1, zero padding after (RecBole's layout)."""
-    ids = list(history)[-max_len:] if max_len > 0 else []
-    row = np.zeros(max_len, dtype=np.int64)
-    row[: len(ids)] = ids
-    return row, len(ids)
-
-
 def sequential_samples(train: Sequence[UserSequence], item_ids: Mapping[str, int],
                        max_len: int) -> dict[str, np.ndarray]:
     """One sample (items[:t] -> items[t]) per target position t >= 1 (t = 0 has no history);
     the whole sequence before t is context, whether or not its positions are targets."""
-    seqs, lens, targets = [], [], []
+    prefixes, targets = [], []
     for seq in train:
         ids = [item_ids[i] for i in seq.items]
         for t in check_targets(seq):
             if t == 0:
                 continue
-            row, n = left_aligned(ids[:t], max_len)
-            seqs.append(row)
-            lens.append(n)
+            prefixes.append(ids[max(0, t - max_len):t])
             targets.append(ids[t])
-    return {ITEM_SEQ: np.array(seqs, dtype=np.int64).reshape(-1, max_len),
-            ITEM_LEN: np.array(lens, dtype=np.int64), ITEM: np.array(targets, dtype=np.int64)}
+    seqs, lens = pad_right(prefixes, max_len)
+    return {ITEM_SEQ: seqs, ITEM_LEN: lens, ITEM: np.array(targets, dtype=np.int64)}
 
 
 def pair_samples(train: Sequence[UserSequence], user_ids: Mapping[str, int],
@@ -131,7 +120,7 @@ def pair_samples(train: Sequence[UserSequence], user_ids: Mapping[str, int],
     return {USER: np.array(users, dtype=np.int64), ITEM: np.array(items, dtype=np.int64)}
 
 
-def load_dataset(train: Sequence[UserSequence], config: Config, root: Path
+def recbole_dataset(train: Sequence[UserSequence], config: Config, root: Path
                  ) -> tuple[Dataset, dict[str, int], dict[str, int]]:
     """Export every training (user, item) as an atomic file and let RecBole load it.
 
@@ -157,7 +146,7 @@ def load_dataset(train: Sequence[UserSequence], config: Config, root: Path
 class RecBoleSystem(System):
     """A RecBole model trained epoch by epoch with our own validation-based early stopping.
 
-    Config keys: epochs, patience, batch_size, learning_rate, max_len (sequential models),
+    Config keys: epochs, patience, batch_size, lr, max_len (sequential models),
     score_batch, and `recbole` (model hyperparameters passed to RecBole unchanged).
     Unknown candidates (never in training) score with a zero embedding, i.e. exactly 0.
     """
@@ -175,7 +164,7 @@ class RecBoleSystem(System):
             "checkpoint_dir": str(root / "saved"), "show_progress": False, "state": "ERROR",
             "log_wandb": False, "worker": 0, "shuffle": True, "epochs": c["epochs"],
             "train_batch_size": c["batch_size"], "learner": "adam",
-            "learning_rate": c["learning_rate"], "weight_decay": c.get("weight_decay", 0.0),
+            "learning_rate": c["lr"], "weight_decay": c.get("weight_decay", 0.0),
             "load_col": {"inter": [USER, ITEM]}, "USER_ID_FIELD": USER, "ITEM_ID_FIELD": ITEM,
             "MAX_ITEM_LIST_LENGTH": c.get("max_len", 50), "ITEM_LIST_LENGTH_FIELD": ITEM_LEN,
             "LIST_SUFFIX": "_list",
@@ -193,7 +182,7 @@ class RecBoleSystem(System):
         with tempfile.TemporaryDirectory(prefix="recbole-") as tmp:
             root = Path(tmp)
             config = _Config(self._model_class(), DATASET, config_dict=self._recbole_config(root))
-            dataset, self._users, self._items = load_dataset(data.train, config, root)
+            dataset, self._users, self._items = recbole_dataset(data.train, config, root)
             if self.sequential:
                 max_len = config["MAX_ITEM_LIST_LENGTH"]
                 samples = sequential_samples(data.train, self._items, max_len)
@@ -215,8 +204,8 @@ class RecBoleSystem(System):
                        "fit_seconds": round(time.perf_counter() - start, 1)}
 
     def _train(self, trainer: Trainer, loader: TrainDataLoader, valid: Validation) -> None:
-        best, best_state, best_epoch, bad = -math.inf, None, -1, 0
-        losses, history, seconds = [], [], []
+        stop = EarlyStopping(self.config["patience"])
+        losses, seconds = [], []
         for epoch in range(self.config["epochs"]):
             tick = time.perf_counter()
             with warnings.catch_warnings():  # torch.cuda.amp.GradScaler's deprecation note
@@ -225,32 +214,22 @@ class RecBoleSystem(System):
             losses.append(round(float(np.sum(loss)), 4))
             seconds.append(round(time.perf_counter() - tick, 1))
             if not valid.requests:  # nothing to select on: keep the last epoch
-                best_epoch = epoch
+                stop.best_epoch = epoch
                 continue
-            value = valid.evaluate(self.score)
-            history.append(round(value, 5))
-            if value > best:
-                best, best_state, best_epoch, bad = value, copy.deepcopy(
-                    self.model.state_dict()), epoch, 0
-            else:
-                bad += 1
-                if bad >= self.config["patience"]:
-                    break
-        if best_state is not None:
-            self.model.load_state_dict(best_state)
+            if stop.update(valid.evaluate(self.score), epoch, self.model):
+                break
+        stop.restore(self.model)
         self.model.eval()
-        self._facts = {"best_epoch": best_epoch, "epochs_run": len(losses),
-                       "valid_ndcg1": history, "train_loss": losses, "epoch_seconds": seconds}
+        self._facts = {"best_epoch": stop.best_epoch, "epochs_run": len(losses),
+                       "valid_ndcg1": stop.history, "train_loss": losses,
+                       "epoch_seconds": seconds}
 
     def _queries(self, requests: Sequence[ScoreRequest]) -> torch.Tensor:
         """(n, d) sequence representations from each request's history."""
         max_len = self.config.get("max_len", 50)
-        seqs = np.zeros((len(requests), max_len), dtype=np.int64)
-        lens = np.ones(len(requests), dtype=np.int64)
-        for n, req in enumerate(requests):
-            known = [self._items[i] for i in req.history if i in self._items]
-            seqs[n], length = left_aligned(known, max_len)
-            lens[n] = max(length, 1)  # an empty history reads the padding row: still finite
+        seqs, lens = pad_right([[self._items[i] for i in req.history if i in self._items]
+                                for req in requests], max_len)
+        lens = np.maximum(lens, 1)  # an empty history reads the padding row: still finite
         device = next(self.model.parameters()).device
         return self.model.forward(torch.from_numpy(seqs).to(device),
                                   torch.from_numpy(lens).to(device))

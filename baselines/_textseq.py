@@ -1,19 +1,13 @@
 """Shared pieces of the text-based baselines (UniSRec, VQ-Rec, RecFormer, P5).
 
 Item vocabulary over the titles, next-item training samples that honour few-shot
-`targets`, a SASRec-style causal transformer, validation-based state selection, and a
-content-addressed, atomically written cache for pretrained weights (reused across the
-cells of one run).
+`targets`, a SASRec-style causal transformer, and pretrained weights kept in the run's
+artifact store (reused across the cells of one run). Early stopping and padding are
+baselines.common's.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
-import os
-import random
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -24,40 +18,23 @@ import torch
 from torch import nn
 
 from baselines import text_encoder
+from baselines.common import pad_right
 from bench.api import ScoreRequest, TrainData, UserSequence
+from protocols.digest import digest, sequences_digest
+from protocols.store import Store
 
 CODE_VERSION = 1  # bump when a change invalidates cached pretrained weights
 
 
-def seed_all(seed: int) -> None:
-    """Seed python, numpy and torch (same seed => same weights and scores)."""
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def digest(obj: Any) -> str:
-    """sha256 of canonical JSON."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, ensure_ascii=False).encode()
-                          ).hexdigest()
-
-
-def seqs_digest(seqs: Sequence[UserSequence]) -> str:
-    """Content hash of a corpus of sequences (targets included)."""
-    h = hashlib.sha256()
-    for s in seqs:
-        h.update(json.dumps([s.user, list(s.items), s.targets]).encode())
-        h.update(b"\n")
-    return h.hexdigest()
-
-
 def pretrain_key(cfg: dict[str, Any], fine_tuning: Sequence[str], seed: int,
-                 data: TrainData, **extra: Any) -> str:
-    """Cache key of pretrained weights: the code version, every setting except the
+                 data: TrainData, **extra: Any) -> dict[str, Any]:
+    """Store key of pretrained weights: the code version, every setting except the
     fine-tuning ones, the seed, the general corpus, and `extra` (item texts, the text
-    model's files...). Equal keys mean equal pretraining, so cells share the weights."""
-    return digest({"v": CODE_VERSION, "seed": seed, "general": seqs_digest(data.general),
-                   "cfg": {k: v for k, v in cfg.items() if k not in fine_tuning}, **extra})
+    model's files...; bulky values enter as digests). Equal keys mean equal pretraining,
+    so cells share the weights."""
+    return {"v": CODE_VERSION, "seed": seed, "general": sequences_digest(data.general),
+            "cfg": {k: v for k, v in cfg.items() if k not in fine_tuning},
+            **{k: digest(v) for k, v in extra.items()}}
 
 
 def text_model_key(cfg: dict[str, Any]) -> str:
@@ -66,32 +43,27 @@ def text_model_key(cfg: dict[str, Any]) -> str:
 
 
 class Workspace:
-    """`workdir`, or a private temporary directory removed with this object."""
+    """`workdir`, or a private temporary directory removed with this object; pretrained
+    weights live in its artifact store (protocols.store), shared by the run's cells."""
 
     def __init__(self, workdir: str | None):
         self._tmp = None if workdir else tempfile.TemporaryDirectory(prefix="textbase-")
         self.root = Path(workdir) if workdir else Path(self._tmp.name)
+        self.store = Store(self.root)
 
-    def cached_state(self, method: str, key: str,
+    def cached_state(self, method: str, key: Any,
                      build: Callable[[], dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Load `<root>/<method>/<key>/state.pt` or build, write atomically, and return it."""
-        final = self.root / method / key
-        path = final / "state.pt"
-        if path.is_file():
-            return torch.load(path, map_location="cpu", weights_only=True)
-        state = {k: v.detach().clone() for k, v in build().items()}
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key[:12]}-", dir=final.parent))
-        try:
-            torch.save(state, tmp / "state.pt")
-            try:
-                os.replace(tmp, final)
-            except OSError:  # another cell finished the same artifact first
-                if not path.is_file():
-                    raise
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return state
+        """The state stored under (`method`, `key`), built and stored once if missing."""
+        built: dict[str, dict[str, torch.Tensor]] = {}
+
+        def write(out: Path) -> None:
+            built["state"] = {k: v.detach().clone() for k, v in build().items()}
+            torch.save(built["state"], out / "state.pt")
+
+        path = self.store.ensure(method, key, write)
+        if "state" in built:
+            return built["state"]
+        return torch.load(path / "state.pt", map_location="cpu", weights_only=True)
 
 
 class ItemVocab:
@@ -141,17 +113,6 @@ def freeze(*modules: nn.Module) -> None:
     for m in modules:
         for p in m.parameters():
             p.requires_grad_(False)
-
-
-def pad_right(rows: Sequence[Sequence[int]], max_len: int) -> tuple[np.ndarray, np.ndarray]:
-    """Keep the last `max_len` of each row, oldest first, zero-padded on the right."""
-    out = np.zeros((len(rows), max_len), dtype=np.int64)
-    lens = np.zeros(len(rows), dtype=np.int64)
-    for n, r in enumerate(rows):
-        r = list(r)[-max_len:] if max_len > 0 else []
-        out[n, :len(r)] = r
-        lens[n] = len(r)
-    return out, lens
 
 
 def next_item_windows(seqs: Sequence[UserSequence], vocab: ItemVocab, max_len: int
@@ -282,30 +243,3 @@ def masked_contrastive(query: torch.Tensor, keys: torch.Tensor, same: torch.Tens
     off_diag = same & ~torch.eye(len(same), dtype=torch.bool)
     logits = logits.masked_fill(off_diag, float("-inf"))
     return nn.functional.cross_entropy(logits, torch.arange(len(query)))
-
-
-class BestState:
-    """Keep the module state with the best validation score; stop after `patience`
-    evaluations without improvement."""
-
-    def __init__(self, patience: int):
-        self.patience = patience
-        self.best = float("-inf")
-        self.best_epoch = -1
-        self.state: dict[str, torch.Tensor] | None = None
-        self.bad = 0
-        self.history: list[float] = []
-
-    def update(self, score: float, epoch: int, module: nn.Module) -> bool:
-        """Record `score`; returns True when training should stop."""
-        self.history.append(round(float(score), 5))
-        if score > self.best:
-            self.best, self.best_epoch, self.bad = score, epoch, 0
-            self.state = copy.deepcopy(module.state_dict())
-        else:
-            self.bad += 1
-        return self.bad >= self.patience
-
-    def restore(self, module: nn.Module) -> None:
-        if self.state is not None:
-            module.load_state_dict(self.state)

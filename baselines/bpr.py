@@ -19,12 +19,12 @@ class BPRMF(RecBoleSystem):
     sequential = False
     profiles = {
         # the paper's shared settings (Adam, lr 1e-3, batch 256, dim 64); RecBole's patience
-        "paper": {"epochs": 300, "patience": 10, "batch_size": 256, "learning_rate": 1e-3,
+        "paper": {"epochs": 300, "patience": 10, "batch_size": 256, "lr": 1e-3,
                   "recbole": {"embedding_size": 64}},
         # ~1 s an epoch on ML-100K: the paper's settings fit in well under a minute
-        "cpu": {"epochs": 200, "patience": 10, "batch_size": 256, "learning_rate": 1e-3,
+        "cpu": {"epochs": 200, "patience": 10, "batch_size": 256, "lr": 1e-3,
                 "recbole": {"embedding_size": 64}},
-        "smoke": {"epochs": 2, "patience": 1, "batch_size": 256, "learning_rate": 1e-3,
+        "smoke": {"epochs": 2, "patience": 1, "batch_size": 256, "lr": 1e-3,
                   "recbole": {"embedding_size": 16}},
     }
 

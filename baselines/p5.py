@@ -27,14 +27,15 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    BestState,
     ItemVocab,
     Workspace,
     batches,
     pretrain_key,
-    seed_all,
 )
+from baselines.common import EarlyStopping
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation
+from bench.seeding import seed_everything
+from protocols.digest import digest
 
 # {user} and {items} are filled in; the answer is the next item's ID.
 TEMPLATES = (
@@ -178,14 +179,14 @@ class P5(System):
     group = "LLM-Based"
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"t5": "random", "d_model": 32, "d_ff": 64, "layers": 1, "heads": 2,
-                  "dropout": 0.1, "max_hist": 5, "batch": 64, "lr": 3e-3, "per_user": 3,
+                  "dropout": 0.1, "max_hist": 5, "batch_size": 64, "lr": 3e-3, "per_user": 3,
                   "pretrain_epochs": 1, "epochs": 2, "patience": 1},
         "cpu": {"t5": "random", "d_model": 64, "d_ff": 128, "layers": 2, "heads": 4,
-                "dropout": 0.1, "max_hist": 10, "batch": 64, "lr": 2e-3, "per_user": 20,
+                "dropout": 0.1, "max_hist": 10, "batch_size": 64, "lr": 2e-3, "per_user": 20,
                 "pretrain_epochs": 3, "epochs": 12, "patience": 3},
         # Geng et al.: t5-small, lr 1e-3, batch 32 per GPU, 10 epochs, histories up to 20
         # items; every training target used each epoch.
-        "paper": {"t5": "t5-small", "max_hist": 20, "batch": 32, "lr": 1e-3,
+        "paper": {"t5": "t5-small", "max_hist": 20, "batch_size": 32, "lr": 1e-3,
                   "per_user": 1000000, "pretrain_epochs": 10, "epochs": 10, "patience": 3},
     }
 
@@ -215,15 +216,15 @@ class P5(System):
         return out
 
     def _train(self, seqs: Sequence[UserSequence], epochs: int, stream: int,
-               valid: Validation | None) -> BestState:
+               valid: Validation | None) -> EarlyStopping:
         net, cfg = self.net, self.config
         rng = np.random.default_rng([self.seed, stream])
         opt = torch.optim.AdamW(net.parameters(), lr=cfg["lr"])
-        best = BestState(cfg["patience"])
+        best = EarlyStopping(cfg["patience"])
         for epoch in range(epochs):
             samples = self._samples(seqs, rng)
             net.train()
-            for idx in batches(len(samples), cfg["batch"], rng):
+            for idx in batches(len(samples), cfg["batch_size"], rng):
                 hidden, mask = net.encode([samples[i][:2] for i in idx])
                 tgt = pad_targets([samples[i][2] for i in idx])
                 start = torch.full((len(idx), 1), net.t5.config.decoder_start_token_id)
@@ -243,7 +244,7 @@ class P5(System):
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         cfg = self.config
-        seed_all(self.seed)
+        seed_everything(self.seed)
         vocab = ItemVocab(data.titles)
         self.item_code = id_strings(vocab.ids, self.seed, 11)
         users = sorted({s.user for s in data.train} | {s.user for s in data.general}
@@ -258,8 +259,8 @@ class P5(System):
                 "p5", key, lambda: (self._train(data.general, cfg["pretrain_epochs"], 1, None),
                                     self.net.state_dict())[1])
             self.net.load_state_dict(state)
-            self.info["pretrained"] = key[:12]
-        seed_all(self.seed + 1)  # same stream whether or not pretraining ran here
+            self.info["pretrained"] = digest(key)[:12]
+        seed_everything(self.seed + 1)  # same stream whether or not pretraining ran here
         best = self._train(data.train, cfg["epochs"], 2, valid)
         best.restore(self.net)
         self.net.eval()

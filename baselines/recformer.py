@@ -31,16 +31,17 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    BestState,
     ItemVocab,
     Workspace,
     batches,
     pretrain_key,
-    seed_all,
     softmax_pool,
     text_model_key,
 )
+from baselines.common import EarlyStopping
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation
+from bench.seeding import seed_everything
+from protocols.digest import digest
 
 CLS_TYPE, KEY_TYPE, VALUE_TYPE = 0, 1, 2
 
@@ -193,12 +194,12 @@ class RecFormer(System):
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"text_model": "minilm", "n_layers": 1, "pooling": "mean", "max_items": 4,
                   "max_item_tokens": 12, "max_tokens": 48, "temperature": 0.05,
-                  "mlm_weight": 0.1, "mlm_prob": 0.15, "batch": 16, "lr": 5e-5,
+                  "mlm_weight": 0.1, "mlm_prob": 0.15, "batch_size": 16, "lr": 5e-5,
                   "pretrain_per_user": 1, "pretrain_epochs": 1, "per_user": 1,
                   "stage1_epochs": 1, "stage2_epochs": 1, "patience": 1},
         "cpu": {"text_model": "minilm", "n_layers": 2, "pooling": "mean", "max_items": 6,
                 "max_item_tokens": 12, "max_tokens": 64, "temperature": 0.05,
-                "mlm_weight": 0.1, "mlm_prob": 0.15, "batch": 16, "lr": 5e-5,
+                "mlm_weight": 0.1, "mlm_prob": 0.15, "batch_size": 16, "lr": 5e-5,
                 "pretrain_per_user": 2, "pretrain_epochs": 1, "per_user": 2,
                 "stage1_epochs": 3, "stage2_epochs": 2, "patience": 2},
         # Li et al.: Longformer-base (attention window 64), 50 items, 32 tokens per
@@ -207,7 +208,7 @@ class RecFormer(System):
         "paper": {"text_model": "allenai/longformer-base-4096", "n_layers": None,
                   "pooling": "cls", "max_items": 50, "max_item_tokens": 96,
                   "max_tokens": 1024, "temperature": 0.05, "mlm_weight": 0.1,
-                  "mlm_prob": 0.15, "batch": 16, "lr": 5e-5, "pretrain_per_user": 1000000,
+                  "mlm_prob": 0.15, "batch_size": 16, "lr": 5e-5, "pretrain_per_user": 1000000,
                   "pretrain_epochs": 4, "per_user": 1000000, "stage1_epochs": 16,
                   "stage2_epochs": 16, "patience": 5},
     }
@@ -221,7 +222,7 @@ class RecFormer(System):
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         cfg = self.config
-        seed_all(self.seed)
+        seed_everything(self.seed)
         self.vocab = ItemVocab(data.titles)
         self.net = RecFormerNet(cfg)
         self.net.tokenize_items(self.vocab.texts)
@@ -231,8 +232,8 @@ class RecFormer(System):
                                model=text_model_key(cfg))
             state = self.ws.cached_state("recformer", key, lambda: self._pretrain(data))
             self.net.load_state_dict(state)
-            self.info["pretrained"] = key[:12]
-        seed_all(self.seed + 1)  # same stream whether or not pretraining ran here
+            self.info["pretrained"] = digest(key)[:12]
+        seed_everything(self.seed + 1)  # same stream whether or not pretraining ran here
         self._finetune(data, valid)
 
     def _pretrain(self, data: TrainData) -> dict[str, torch.Tensor]:
@@ -245,7 +246,7 @@ class RecFormer(System):
         for _ in range(cfg["pretrain_epochs"]):
             hists, tgt = sample_pairs(data.general, self.vocab, cfg["pretrain_per_user"],
                                       cfg["max_items"], rng)
-            for idx in batches(len(tgt), cfg["batch"], rng):
+            for idx in batches(len(tgt), cfg["batch_size"], rng):
                 y = torch.from_numpy(tgt[idx])
                 batch = net.collate([hists[i] for i in idx])
                 seq = net.pool(net.hidden(batch), batch)
@@ -268,7 +269,7 @@ class RecFormer(System):
         params = [p for n, p in net.named_parameters()
                   if not n.startswith("mlm") and p.requires_grad]
         opt = torch.optim.AdamW(params, lr=cfg["lr"])
-        best = BestState(cfg["patience"])
+        best = EarlyStopping(cfg["patience"])
         n_rows = len(self.vocab)
         epoch = 0
         for stage, epochs in ((1, cfg["stage1_epochs"]), (2, cfg["stage2_epochs"])):
@@ -282,7 +283,7 @@ class RecFormer(System):
                 hists, tgt = sample_pairs(data.train, self.vocab, cfg["per_user"],
                                           cfg["max_items"], rng)
                 keys = net.item_matrix[pool]
-                for idx in batches(len(tgt), cfg["batch"], rng):
+                for idx in batches(len(tgt), cfg["batch_size"], rng):
                     seq = net.encode([hists[i] for i in idx])
                     logits = seq @ keys.T / cfg["temperature"]
                     loss = F.cross_entropy(logits, remap[torch.from_numpy(tgt[idx])])

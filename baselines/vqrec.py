@@ -28,7 +28,6 @@ from torch import nn
 
 from baselines import text_encoder
 from baselines._textseq import (
-    BestState,
     CausalEncoder,
     ItemVocab,
     Workspace,
@@ -38,11 +37,13 @@ from baselines._textseq import (
     next_item_windows,
     pretrain_key,
     sample_queries,
-    seed_all,
     softmax_pool,
     text_model_key,
 )
+from baselines.common import EarlyStopping
 from bench.api import ScoreRequest, System, TrainData, Validation
+from bench.seeding import seed_everything
+from protocols.digest import digest
 
 
 def effective_bits(n_train: int, bits: int, min_points: int = 4) -> int:
@@ -137,13 +138,13 @@ class VQRec(System):
         "smoke": {"text_model": "minilm", "n_sub": 32, "bits": 6, "opq": True, "opq_iters": 2,
                   "hidden": 32,
                   "layers": 1, "heads": 2, "inner": 64, "dropout": 0.2, "max_len": 20,
-                  "temperature": 0.07, "fake_ratio": 0.75, "batch": 64, "queries": 512,
+                  "temperature": 0.07, "fake_ratio": 0.75, "batch_size": 64, "queries": 512,
                   "lr": 1e-3, "pretrain_epochs": 1, "perm_epochs": 1, "sinkhorn_iters": 3,
                   "gumbel_tau": 0.7, "epochs": 2, "patience": 2},
         "cpu": {"text_model": "minilm", "n_sub": 32, "bits": 8, "opq": True, "opq_iters": 8,
                 "hidden": 64,
                 "layers": 2, "heads": 2, "inner": 128, "dropout": 0.3, "max_len": 50,
-                "temperature": 0.07, "fake_ratio": 0.75, "batch": 64, "queries": 1024,
+                "temperature": 0.07, "fake_ratio": 0.75, "batch_size": 64, "queries": 1024,
                 "lr": 1e-3, "pretrain_epochs": 10, "perm_epochs": 3, "sinkhorn_iters": 3,
                 "gumbel_tau": 0.7, "epochs": 30, "patience": 6},
         # Hou et al.: BERT-base, OPQ32 x 8 bits, hidden 300, 2 layers x 2 heads, inner 256,
@@ -153,7 +154,7 @@ class VQRec(System):
                   "opq_iters": 50,
                   "bits": 8, "opq": True,
                   "hidden": 300, "layers": 2, "heads": 2, "inner": 256, "dropout": 0.5,
-                  "max_len": 50, "temperature": 0.07, "fake_ratio": 0.75, "batch": 256,
+                  "max_len": 50, "temperature": 0.07, "fake_ratio": 0.75, "batch_size": 256,
                   "queries": 4096, "lr": 1e-3, "pretrain_epochs": 300, "perm_epochs": 5,
                   "sinkhorn_iters": 3, "gumbel_tau": 0.7, "epochs": 300, "patience": 10},
     }
@@ -173,7 +174,7 @@ class VQRec(System):
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         cfg = self.config
-        seed_all(self.seed)
+        seed_everything(self.seed)
         self.vocab = ItemVocab(data.titles)
         vec = text_encoder.text_vectors(self.vocab.texts, cfg["text_model"], self.ws.root,
                                           pooling=cfg.get("text_pooling", "mean"))
@@ -185,12 +186,12 @@ class VQRec(System):
                                texts=self.vocab.texts, model=text_model_key(cfg))
             state = self.ws.cached_state("vqrec", key, lambda: self._pretrain(data, vec))
             self.net.load_state_dict(state)
-            self.info["pretrained"] = key[:12]
+            self.info["pretrained"] = digest(key)[:12]
         self.net.set_codes(target_codes)
         n_pq = int(self.vocab.seen_mask(data.train).sum())
         self.info.update(bits=b, target_pq_items=n_pq,
                          opq=opq_applies(n_pq, vec.shape[1], cfg["opq"]))
-        seed_all(self.seed + 1)  # same stream whether or not pretraining ran here
+        seed_everything(self.seed + 1)  # same stream whether or not pretraining ran here
         self._finetune(data, valid, permute=pretrained)
 
     def _pretrain(self, data: TrainData, vec: np.ndarray) -> dict[str, torch.Tensor]:
@@ -205,7 +206,7 @@ class VQRec(System):
         tau = cfg["temperature"]
         net.train()
         for _ in range(cfg["pretrain_epochs"]):
-            for idx in batches(len(tgt), cfg["batch"], rng):
+            for idx in batches(len(tgt), cfg["batch_size"], rng):
                 h, y = hist[idx], tgt[idx]
                 items = net.items()
                 states = net.states(h, items)
@@ -236,7 +237,7 @@ class VQRec(System):
         freeze(net.encoder.position, net.encoder.blocks)
         rng = np.random.default_rng([self.seed, 2])
         gen = torch.Generator().manual_seed(self.seed + 1)
-        best = BestState(cfg["patience"])
+        best = EarlyStopping(cfg["patience"])
         k = net.code_emb.shape[1]
         logit_p = nn.Parameter(torch.randn(net.n_sub, k, k, generator=gen))
 
@@ -253,7 +254,7 @@ class VQRec(System):
 
         def run_epoch(opt: torch.optim.Optimizer) -> None:
             net.train()
-            for idx in batches(len(tgt), cfg["batch"], rng):
+            for idx in batches(len(tgt), cfg["batch_size"], rng):
                 items = net.items(table(True))
                 states = net.states(hist[idx], items)
                 y = tgt[idx]

@@ -2,96 +2,84 @@
 
 A system is fit on training data (and, if it wants them, titles and the domain-general
 corpus), may select its own hyperparameters on the validation candidates, and then scores
-batches of (history, 30 candidates). It never samples candidates and never sees a test
-positive: test requests carry no label.
+batches of (history, candidates: 1 positive + 29 negatives by default). It never samples
+candidates and never sees a test positive: test requests carry no label. The data types
+live in protocols/data.py and are re-exported here, so plugins import everything from
+this module; `bench.testing.check_system` checks a class against this contract.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
+from protocols.data import ScoreRequest, TrainData, UserSequence, Validation
+
+__all__ = ["GROUPS", "ScoreRequest", "System", "TrainData", "UserSequence", "Validation",
+           "check_scores"]
+
 GROUPS = ("Reference", "Traditional", "Transferable", "LLM-Based", "Ours")
 
 
-@dataclass(frozen=True)
-class UserSequence:
-    """One user's chronological items. `targets` are the positions that are training
-    samples (each predicts items[t] from items[:t]); None means every position >= 1."""
-
-    user: str
-    items: tuple[str, ...]
-    targets: tuple[int, ...] | None = None
-
-    def target_positions(self) -> tuple[int, ...]:
-        if self.targets is None:
-            return tuple(range(1, len(self.items)))
-        return self.targets
-
-
-@dataclass(frozen=True)
-class ScoreRequest:
-    """What a system sees at scoring time: no label."""
-
-    user: str
-    history: tuple[str, ...]  # oldest first
-    candidates: tuple[str, ...]  # 30 ids, in the candidate file's order
-
-
-@dataclass(frozen=True)
-class TrainData:
-    """Everything a system may learn from."""
-
-    titles: dict[str, str]  # item id -> title, every item any protocol file mentions
-    train: tuple[UserSequence, ...]  # target domain, training split
-    general: tuple[UserSequence, ...]  # domain-general corpus
-    setting: str  # warm | cold | fewshot-10 | ...
-    dataset: str
-
-
-@dataclass(frozen=True)
-class Validation:
-    """Validation requests with their positives: the only labels a system may select on."""
-
-    requests: tuple[ScoreRequest, ...]
-    positives: tuple[str, ...]
-
-    def evaluate(self, score: Callable[[Sequence[ScoreRequest]], np.ndarray], k: int = 1) -> float:
-        """Mean tie-aware NDCG@k of `score` on these requests (the selection criterion)."""
-        from protocols.metrics import ndcg_at_k, positive_index
-
-        scores = np.asarray(score(self.requests), dtype=np.float64)
-        pos = positive_index(self.requests, self.positives)
-        return float(ndcg_at_k(scores, pos, k).mean())
-
-
 class System(ABC):
-    """Base class for recommenders. Subclasses set `name`, `group` and `profiles`.
+    """Base class of every row in a table. To add a system, subclass it and override:
 
-    `profiles` maps a profile name (smoke, cpu, paper) to the settings dict the system
-    receives as `config`; the runner hashes it into the cache key.
+    - `name`: the canonical name, unique (case-insensitively) among systems; also the
+      row label unless `label` says otherwise.
+    - `group`: one of GROUPS, where the row goes (checked when the system is resolved,
+      before any cell is written).
+    - `profiles`: profile name -> the settings dict the system receives as `config`; a
+      "default" entry serves every profile not listed (so a new profile needs no edit
+      here). The runner hashes the config into the cache key, so it must be JSON data.
+      Name keys as the other families do: `lr`, `batch_size`, `epochs`, `patience`.
+    - `fit(data, valid)`: train on `data`; select on `valid` only (its positives are the
+      only labels a system sees), e.g. `valid.evaluate(self.score)`.
+    - `score(requests)`: a (len(requests), n_candidates) float array, higher first;
+      finite, or a whole row of NaN to abstain (a miss). Deterministic for a seed.
+
+    Optionally:
+
+    - `__init__(config, seed, workdir)`: call super() first. `self.workdir` is shared by
+      a run's cells: keep reusable artifacts there in a `protocols.store.Store`.
+    - `label`: the row label, when it depends on the config (the zero-shot backbone row
+      is named after its backbone).
+    - `describe()`: facts stored in cell.json; a "caption_note" entry is stated in the
+      table caption.
+    - `multithreaded = True`: the runner gives the cell every CPU core (large models;
+      small ones run fastest on one thread when anything else runs beside them).
+
+    Seed with `bench.seeding.seed_everything`, then check the class with
+    `bench.testing.check_system(MySystem)` and register it as an entry point of group
+    `molorec_bench.systems` (README, "Adding a system").
     """
 
     name: ClassVar[str] = ""
     group: ClassVar[str] = "Traditional"
-    profiles: ClassVar[dict[str, dict[str, Any]]] = {"smoke": {}, "cpu": {}, "paper": {}}
+    profiles: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     # True: the runner gives the cell every CPU core (large models); else one thread
     multithreaded: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         self.config = dict(config)
         self.seed = seed
-        self.workdir = workdir  # a private directory for caches (e.g. pretrained modules)
+        self.workdir = workdir  # a directory shared by a run's cells (pretrained modules)
+
+    @classmethod
+    def has_config(cls, profile: str) -> bool:
+        return profile in cls.profiles or "default" in cls.profiles
 
     @classmethod
     def config_for(cls, profile: str) -> dict[str, Any]:
-        if profile not in cls.profiles:
-            raise KeyError(f"system {cls.name!r} has no settings for profile {profile!r}")
-        return dict(cls.profiles[profile])
+        """The settings for `profile`: its own entry, else the "default" one."""
+        if profile in cls.profiles:
+            return dict(cls.profiles[profile])
+        if "default" in cls.profiles:
+            return dict(cls.profiles["default"])
+        raise KeyError(f"system {cls.name!r} has no settings for profile {profile!r} (and no "
+                       "'default' entry)")
 
     @abstractmethod
     def fit(self, data: TrainData, valid: Validation) -> None:
@@ -112,3 +100,16 @@ class System(ABC):
     def describe(self) -> dict[str, Any]:
         """Extra facts for the report (selected hyperparameters, mixture weights...)."""
         return {}
+
+
+def check_scores(scores: Any, requests: Sequence[ScoreRequest], who: str) -> np.ndarray:
+    """The contract on what `score` returned: (n, n_candidates) floats, each row finite or
+    entirely NaN (an abstention). Returns the float64 array; raises ValueError."""
+    s = np.asarray(scores, dtype=np.float64)
+    want = (len(requests), len(requests[0].candidates) if requests else 0)
+    if s.shape != want:
+        raise ValueError(f"{who}.score returned shape {s.shape}, expected {want}")
+    if not (np.isfinite(s) | np.isnan(s).all(axis=1, keepdims=True)).all():
+        raise ValueError(f"{who}.score returned non-finite scores (only a whole row of NaN, "
+                         "an abstention, is allowed)")
+    return s

@@ -1,4 +1,9 @@
-"""A thin command line over the Python API (bench.runner, protocols.build, reports)."""
+"""A thin command line over the Python API (reports.publish, bench.runner, protocols.build).
+
+It sits on top of every layer (the one bench module that imports reports): run = cells
+(bench.runner) then table files (reports.publish). Choices come from the registries:
+tables and settings from protocols.settings, option defaults from ProtocolOptions.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,8 @@ import sys
 from pathlib import Path
 
 from bench import profiles
+from protocols import settings
+from protocols.options import ProtocolOptions
 
 EPILOG = """examples:
   python -m bench run --table warm                      # cpu profile, embedded ML-100K
@@ -35,12 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m bench", epilog=EPILOG, formatter_class=argparse.RawTextHelpFormatter,
         description="Benchmark harness for LLM-based recommendation: every system ranks the "
-                    "same 1 positive + 29 negative candidates per user.")
+                    f"same 1 positive + {ProtocolOptions().negatives} negative candidates per "
+                    "user.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="train and score every system of a table, then render it",
                          formatter_class=argparse.RawTextHelpFormatter)
-    run.add_argument("--table", required=True, choices=list(profiles.TABLE_SETTINGS),
+    tables = list(settings.tables())
+    defaults = ProtocolOptions()
+    run.add_argument("--table", required=True, choices=tables,
                      help="warm: leave-one-out; cold: new-item test; fewshot: 10/20/30%% "
                           "of training samples")
     run.add_argument("--profile", default="cpu", choices=list(profiles.PROFILES),
@@ -61,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
     rep.add_argument("--out", default="runs/default", help="a results directory of `run`")
-    rep.add_argument("--table", choices=list(profiles.TABLE_SETTINGS),
+    rep.add_argument("--table", choices=tables,
                      help="default: every table with stored cells")
     rep.add_argument("--reference", choices=["paper"])
 
@@ -69,21 +79,23 @@ def _parser() -> argparse.ArgumentParser:
 
     proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    b = proto.add_parser("build", help="write the split and 1+29 candidate files")
+    b = proto.add_parser("build", help="write the split and the candidate files")
     b.add_argument("--dataset", required=True, help="ml-100k (embedded), ml-1m, ml-10m, "
                    "amazon2014-<Category>, amazon2018-<Category>, or any name with --data-path")
-    b.add_argument("--setting", required=True,
-                   choices=["warm", "cold", "fewshot-10", "fewshot-20", "fewshot-30"])
+    b.add_argument("--setting", required=True, choices=settings.names())
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--out", required=True,
                    help="directory to write: absent, empty, or a protocol directory built "
                         "before (replaced atomically); never inside --data-path")
     b.add_argument("--data-path", help="directory with the raw files / RecBole atomic files")
-    b.add_argument("--kcore", type=int, default=5, help="k-core filter (default 5)")
-    b.add_argument("--general-fraction", type=float, default=0.5,
-                   help="share of users moved to the domain-general corpus (default 0.5)")
-    b.add_argument("--cold-fraction", type=float, default=0.1,
-                   help="share of items made new in the cold setting (default 0.1)")
+    b.add_argument("--kcore", type=int, default=defaults.kcore,
+                   help=f"k-core filter (default {defaults.kcore})")
+    b.add_argument("--general-fraction", type=float, default=defaults.general_fraction,
+                   help="share of users moved to the domain-general corpus (default "
+                        f"{defaults.general_fraction})")
+    b.add_argument("--cold-fraction", type=float, default=defaults.cold_fraction,
+                   help="share of items made new in the cold setting (default "
+                        f"{defaults.cold_fraction})")
     b.add_argument("--max-users", type=int, help="seeded user subsample per part (>= 1)")
 
     data = sub.add_parser("data", help="datasets").add_subparsers(
@@ -102,10 +114,12 @@ def _warn(text: str) -> None:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from bench.runner import failures_path, run_table
+    from bench.runner import failures_path
+    from reports.publish import publish_table
 
-    res = run_table(a.table, a.profile, a.out, a.datasets, a.systems, a.seeds, a.force,
-                    a.reference, a.data_path)
+    res = publish_table(a.table, a.profile, a.out, reference=a.reference,
+                        datasets=a.datasets, systems=a.systems, seeds=a.seeds, force=a.force,
+                        data_path=a.data_path)
     print(res.markdown)
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")
@@ -122,7 +136,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
 
 def _cmd_report(a: argparse.Namespace) -> int:
-    from bench.report import rebuild
+    from reports.publish import rebuild
 
     for paths in rebuild(Path(a.out), a.table, a.reference, log=_warn):
         print(paths["md"].read_text())
@@ -146,9 +160,10 @@ def _cmd_list(_: argparse.Namespace) -> int:
 def _cmd_protocol(a: argparse.Namespace) -> int:
     from protocols.build import build_protocol
 
+    options = ProtocolOptions(kcore=a.kcore, general_fraction=a.general_fraction,
+                              cold_fraction=a.cold_fraction, max_users=a.max_users)
     m = build_protocol(a.dataset, a.setting, a.seed, a.out, data_path=a.data_path,
-                       kcore=a.kcore, general_fraction=a.general_fraction,
-                       cold_fraction=a.cold_fraction, max_users=a.max_users)
+                       options=options)
     print(json.dumps({"out": a.out, "counts": m["counts"],
                       "candidates_sha256": m["candidates_sha256"]}, indent=2))
     return 0

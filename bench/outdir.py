@@ -18,7 +18,8 @@ from pathlib import Path
 
 from bench.results import CELL_FORMAT
 from protocols.errors import BusyError, OutputError
-from protocols.files import PROTOCOL_FORMAT, atomic_write_text
+from protocols.files import PROTOCOL_FORMAT
+from protocols.store import atomic_write_text
 
 MARKER = ".molorec-bench"
 LOCK = ".molorec-bench.lock"

@@ -1,28 +1,19 @@
 """Run profiles: which datasets, seeds and protocol options a table uses.
 
-Each system carries its own per-profile settings (`System.profiles`); a profile here only
-says what data it runs on, so plugins need no change to the harness.
+Each system carries its own per-profile settings (`System.profiles`, with a "default"
+entry for profiles it does not list); a profile here only says what data it runs on, so
+plugins need no change to the harness. Which settings a table has is said by the setting
+specs (protocols.settings), which systems exist by the registry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-TABLE_SETTINGS = {
-    "warm": ("warm",),
-    "cold": ("cold",),
-    "fewshot": ("fewshot-10", "fewshot-20", "fewshot-30"),
-}
+from bench.registry import BUILTIN
+from protocols.options import ProtocolOptions
 
-TABLE_TITLES = {"warm": "Warm-start", "cold": "New-item (cold-start)", "fewshot": "Few-shot"}
-
-DEFAULT_SYSTEMS = (
-    "Random", "Pop",
-    "BPR-MF", "GRU4Rec", "SASRec", "FMLP-Rec",  # Traditional
-    "UniSRec", "VQ-Rec",  # Transferable
-    "Backbone", "RecFormer", "P5", "TALLRec",  # LLM-Based
-    "MoLoRec-G", "MoLoRec-S", "MoLoRec",  # Ours
-)
+DEFAULT_SYSTEMS = tuple(BUILTIN)  # every built-in, in row order
 
 
 @dataclass(frozen=True)
@@ -31,7 +22,7 @@ class Profile:
     datasets: tuple[str, ...]
     seeds: tuple[int, ...]
     systems: tuple[str, ...] = DEFAULT_SYSTEMS
-    protocol: dict = field(default_factory=dict)  # build_protocol keyword options
+    protocol: ProtocolOptions = field(default_factory=ProtocolOptions)
     # one candidate file per dataset and setting, whatever the system seeds: every seed of
     # every system ranks the same candidates
     protocol_seed: int = 0
@@ -40,7 +31,7 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile(
-        "smoke", ("ml-100k",), (0,), protocol={"max_users": 80, "cold_fraction": 0.2},
+        "smoke", ("ml-100k",), (0,), protocol=ProtocolOptions(max_users=80, cold_fraction=0.2),
         note="the cpu path cut down (80 users per part, tiny models) for end-to-end tests"),
     "cpu": Profile(
         "cpu", ("ml-100k",), (0,),

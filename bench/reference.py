@@ -9,15 +9,12 @@ import numpy as np
 
 from bench.api import ScoreRequest, System, TrainData, Validation
 
-_SAME = {"smoke": {}, "cpu": {}, "paper": {}}
-
 
 class Random(System):
     """Uniform random scores, seeded per user so batching does not change them."""
 
     name = "Random"
     group = "Reference"
-    profiles = _SAME
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         pass
@@ -36,7 +33,6 @@ class Pop(System):
 
     name = "Pop"
     group = "Reference"
-    profiles = _SAME
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         self.counts = Counter(seq.items[t] for seq in data.train for t in seq.target_positions())

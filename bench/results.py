@@ -15,7 +15,6 @@ metrics to agree. Tables are made from the recomputed values.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -27,8 +26,8 @@ import numpy as np
 
 from bench.api import GROUPS
 from protocols import metrics as M
+from protocols.digest import file_sha256
 from protocols.errors import HarnessError
-from protocols.files import sha256_file
 
 METRICS = ("NDCG@1", "NDCG@3", "HR@1", "HR@3", "MRR")
 CELL_FORMAT = "molorec-bench-cell/1"
@@ -59,6 +58,7 @@ class CellResult:
     users: list[str]
     values: dict[str, np.ndarray]  # metric name -> per-user values, aligned with users
     meta: dict[str, Any] = field(default_factory=dict)
+    n_candidates: int | None = None  # per test user (None: not known, e.g. built by hand)
 
     def mean(self, metric: str) -> float:
         return float(np.mean(self.values[metric]))
@@ -78,10 +78,6 @@ def metric_rows(users, positives, candidates, scores: np.ndarray) -> tuple[list[
 def jsonl_text(rows) -> str:
     """Serialize rows as JSON lines (the caller writes the text atomically)."""
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-
-def text_sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 # ---------------------------------------------------------------- the protocol side
@@ -113,7 +109,7 @@ def _test_candidates(path: str, _stamp: tuple[int, ...]) -> TestCandidates | str
     if m is None or "candidates_sha256" not in m:
         return f"{proto_dir / 'manifest.json'} is missing or not a protocol manifest"
     f = proto_dir / "test_candidates.jsonl"
-    if sha256_file(f) != m.get("files", {}).get("test_candidates.jsonl"):
+    if file_sha256(f) != m.get("files", {}).get("test_candidates.jsonl"):
         return f"{f} does not match the sha256 in its manifest.json"
     users, positives, cands = [], [], []
     try:
@@ -248,7 +244,7 @@ def load_cell(cell_dir: Path, protocol: Path | None = None) -> CellResult:
     for name, key in HASHED.items():
         if not (cell_dir / name).is_file():
             raise DamagedCell(cell_dir, f"{name} is missing")
-        if key in meta and sha256_file(cell_dir / name) != meta[key]:
+        if key in meta and file_sha256(cell_dir / name) != meta[key]:
             raise DamagedCell(cell_dir, f"{name} does not match the sha256 in cell.json "
                                         "(edited or truncated)")
     proto = protocol if protocol is not None else find_protocol(cell_dir, meta)
@@ -274,7 +270,7 @@ def load_cell(cell_dir: Path, protocol: Path | None = None) -> CellResult:
     _check_metrics(cell_dir, _jsonl(cell_dir, "metrics.jsonl"), test, values)
     return CellResult(meta["table"], meta["dataset"], meta["setting"], meta["system"],
                       meta["group"], int(meta["seed"]), meta["candidates_sha256"],
-                      list(test.users), values, meta)
+                      list(test.users), values, meta, width)
 
 
 def recompute_from_scores(scores_path: Path, candidates_path: Path, metric: str) -> float:

@@ -1,23 +1,23 @@
-"""The data flow in one place: protocol files -> systems (fit, score) -> per-user results
--> tables. Every (table, dataset, setting, system, seed) cell is cached under its config
-hash; finished cells are skipped on a rerun, and each is written atomically.
+"""The data flow in one place: protocol files -> systems (fit, score) -> per-user results.
+Every (table, dataset, setting, system, seed) cell is cached under its config hash;
+finished cells are skipped on a rerun, and each is written atomically. Rendering the
+tables is the layer above (reports.publish), handed in as `render`.
 
 Layout under OUT:
   protocols/<dataset>/<setting>/seed-<n>/    the protocol files (see protocols/files.py)
   cells/<dataset>/<setting>/<system>/seed-<n>/  scores.jsonl, metrics.jsonl, cell.json
-  cache/                                      artifacts systems share (pretrained modules)
-  <table>.md, <table>.tex                     the tables
+  cache/                                      artifacts systems share (protocols.store)
+  <table>.failures.json                       the last run's failed cells
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench import outdir, profiles, registry
-from bench.api import ScoreRequest, System
+from bench.api import ScoreRequest, System, check_scores
 from bench.results import (
     CELL_FORMAT,
     CellResult,
@@ -33,33 +33,31 @@ from bench.results import (
     jsonl_text,
     load_cell,
     metric_rows,
-    text_sha256,
 )
-from protocols import metrics as M
+from bench.seeding import seed_everything
+from protocols import settings
 from protocols.build import build_protocol, source_hashes
 from protocols.datasets import source_root
+from protocols.digest import digest, file_sha256, text_sha256
 from protocols.errors import HarnessError, OptionError, OutputError
 from protocols.files import (
     FILES,
-    atomic_dir,
-    atomic_write_text,
     load_protocol,
     overlapping,
-    sha256_file,
 )
+from protocols.options import ProtocolOptions
+from protocols.store import atomic_dir, atomic_write_text
 
 __all__ = ["CELL_FORMAT", "cell_key", "ensure_protocol", "run_cell", "run_table"]
 SCORE_BATCH = 256
 CELL_FILES = ("scores.jsonl", "metrics.jsonl", "cell.json", "timing.json")
-PROTOCOL_DEFAULTS = {"kcore": 5, "general_fraction": 0.5, "cold_fraction": 0.1,
-                     "max_users": None, "negatives": 29}
 
 
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
-def _stale(root: Path, dataset: str, setting: str, seed: int, options: dict,
+def _stale(root: Path, dataset: str, setting: str, seed: int, options: ProtocolOptions,
            sources: dict[str, str]) -> str | None:
     """Why the protocol at `root` cannot be reused for these inputs (None: it can)."""
     try:
@@ -71,19 +69,19 @@ def _stale(root: Path, dataset: str, setting: str, seed: int, options: dict,
     if not isinstance(have, dict):
         return "its manifest.json is not a protocol manifest"
     for key, want in (("dataset", dataset), ("setting", setting), ("seed", seed),
-                      ("options", {**PROTOCOL_DEFAULTS, **options})):
+                      ("options", options.as_dict())):
         if have.get(key) != want:
             return f"built with {key} {have.get(key)!r}, this run needs {want!r}"
     if have.get("source") != sources:
         return "built from other data (the source files' sha256 differ)"
     files = have.get("files") or {}
     for name in FILES:
-        if not (root / name).is_file() or sha256_file(root / name) != files.get(name):
+        if not (root / name).is_file() or file_sha256(root / name) != files.get(name):
             return f"{name} does not match the sha256 in its manifest"
     return None
 
 
-def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: dict,
+def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: ProtocolOptions,
                     data_path: str | None = None, *, force: bool = False,
                     sources: dict[str, str] | None = None,
                     log: Callable[[str], None] = print) -> Path:
@@ -98,35 +96,28 @@ def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: d
         return root
     if reason != "absent":
         log(f"rebuilding the protocol {root}: {reason}")
-    build_protocol(dataset, setting, seed, root, data_path=data_path, **options)
+    build_protocol(dataset, setting, seed, root, data_path=data_path, options=options)
     return root
 
 
 def cell_key(system_cls: type[System], config: dict, seed: int, manifest: dict) -> str:
     """Hash of everything that determines a cell's numbers."""
-    blob = json.dumps({
+    return digest({
         "format": CELL_FORMAT, "system": system_cls.name,
         "class": f"{system_cls.__module__}:{system_cls.__qualname__}",
         "config": config, "seed": seed, "protocol_files": manifest["files"],
-    }, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    })
 
 
 def score_all(system: System, requests: Sequence[ScoreRequest], desc: str) -> np.ndarray:
-    """Score in batches and check the contract: (n, n_candidates), all finite."""
+    """Score in batches and check the contract (bench.api.check_scores)."""
     parts = []
     for start in tqdm(range(0, len(requests), SCORE_BATCH), desc=desc, leave=False,
                       unit="batch"):
         batch = requests[start:start + SCORE_BATCH]
-        s = np.asarray(system.score(batch), dtype=np.float64)
-        want = (len(batch), len(batch[0].candidates))
-        if s.shape != want:
-            raise ValueError(f"{system.name}.score returned shape {s.shape}, expected {want}")
-        if not (np.isfinite(s) | M.abstained(s)[:, None]).all():
-            raise ValueError(f"{system.name}.score returned non-finite scores "
-                             "(only a whole row of NaN, an abstention, is allowed)")
-        parts.append(s)
-    return np.concatenate(parts) if parts else np.zeros((0, 30))
+        parts.append(check_scores(system.score(batch), batch, system.name))
+    width = len(requests[0].candidates) if requests else 0
+    return np.concatenate(parts) if parts else np.zeros((0, width))
 
 
 def _check_cell_dir(cell_dir: Path) -> None:
@@ -171,7 +162,7 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     if not force and (cached := _cached(cell_dir, key, Path(proto_dir), log)) is not None:
         return cached
     _check_cell_dir(cell_dir)
-    _seed_everything(seed, getattr(cls, "multithreaded", False))
+    _prepare(seed, getattr(cls, "multithreaded", False))
     system = cls(config, seed, str(workdir))
     t0 = time.perf_counter()
     system.fit(proto.data, proto.valid)
@@ -206,32 +197,16 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     return load_cell(cell_dir, proto_dir)
 
 
-def _seed_everything(seed: int, multithreaded: bool = False) -> None:
+def _prepare(seed: int, multithreaded: bool = False) -> None:
     """Seed every generator, and pin torch's CPU threads: MOLOREC_BENCH_THREADS if set,
     else 1, or every core for a system that declares itself `multithreaded` (the LLM
     rows: large matrix products scale; small models ran up to 10x slower with two
     threads whenever anything else ran beside them)."""
-    import random
-
     import torch
 
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    seed_everything(seed)
     env = os.environ.get("MOLOREC_BENCH_THREADS")
     torch.set_num_threads(int(env) if env else (os.cpu_count() or 1) if multithreaded else 1)
-
-
-def caption_notes(results: Sequence[CellResult]) -> list[str]:
-    """Facts the caption must state that only the cells know: each system may put a
-    `caption_note` in its describe() (the LLM rows name their backbone, backend and
-    ranking mode); equal notes are stated once, in row order."""
-    notes: list[str] = []
-    for r in results:
-        note = r.meta.get("describe", {}).get("caption_note")
-        if note and note not in notes:
-            notes.append(str(note))
-    return notes
 
 
 @dataclass(frozen=True)
@@ -253,12 +228,21 @@ class CellFailure:
 
 @dataclass
 class TableRun:
+    """What `run_table` computed: the verified cells of the rows that finished, the
+    failed cells, and the row order; `paths`/`markdown` once rendered."""
+
     table: str
+    profile: str
+    out: Path
     results: list[CellResult]
-    paths: dict[str, Path]
-    markdown: str
-    seconds: float
-    failures: list[CellFailure] = field(default_factory=list)
+    failures: list[CellFailure]
+    order: list[str]  # row labels in registry order (row order within a group)
+    seconds: float = 0.0
+    paths: dict[str, Path] = field(default_factory=dict)
+    markdown: str = ""
+
+
+Renderer = Callable[[TableRun], dict[str, Path]]
 
 
 def _listed(option: str, given: Sequence | None, default: Sequence) -> tuple:
@@ -325,28 +309,21 @@ def _record_failures(out: Path, table: str, failures: list[CellFailure]) -> None
         path.unlink()
 
 
-def failure_note(failures: Iterable[tuple[str, str]]) -> str:
-    """The caption's sentence on failed rows, from (row label, error) pairs."""
-    first: dict[str, str] = {}
-    for label, error in failures:
-        first.setdefault(label, error[:120])
-    return "Failed rows have no values: " + "; ".join(f"{k} ({v})" for k, v in first.items())
-
-
 def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default",
               datasets: Sequence[str] | None = None, systems: Sequence[str] | None = None,
               seeds: Sequence[int] | None = None, force: bool = False,
-              reference: str | None = None, data_path: str | None = None,
-              log: Callable[[str], None] = print, *, keep_going: bool = True) -> TableRun:
-    """Run (or load from cache) every cell of a table, then render it.
+              data_path: str | None = None, log: Callable[[str], None] = print, *,
+              keep_going: bool = True, render: Renderer | None = None) -> TableRun:
+    """Run (or load from cache) every cell of a table.
 
     Options are checked before anything is written. `out` must be absent, empty or a
     results directory of this harness (see bench.outdir), and is locked for the run. A
-    system that raises is recorded in `TableRun.failures` and the table is rendered with
-    the rows that finished, its own row marked failed (`keep_going=False`: re-raise)."""
-    if table not in profiles.TABLE_SETTINGS:
-        raise OptionError(f"unknown table {table!r}; use one of "
-                          f"{', '.join(profiles.TABLE_SETTINGS)}")
+    system that raises is recorded in `TableRun.failures` and the other cells go on
+    (`keep_going=False`: re-raise). `render(run)`, if given, writes the table files while
+    the lock is still held (reports.publish.render_run; `python -m bench run` passes it)."""
+    tables = settings.tables()
+    if table not in tables:
+        raise OptionError(f"unknown table {table!r}; use one of {', '.join(tables)}")
     if profile not in profiles.PROFILES:
         raise OptionError(f"unknown profile {profile!r}; use one of {', '.join(profiles.PROFILES)}")
     prof = profiles.get(profile)
@@ -368,11 +345,11 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
         protos = {}
         for d in datasets:
             sources = source_hashes(d, data_path)
-            for s in profiles.TABLE_SETTINGS[table]:
+            for s in tables[table]:
                 protos[(d, s)] = ensure_protocol(out, d, s, prof.protocol_seed, prof.protocol,
                                                  data_path, force=force, sources=sources,
                                                  log=log)
-        jobs = [(d, s, seed, name) for d in datasets for s in profiles.TABLE_SETTINGS[table]
+        jobs = [(d, s, seed, name) for d in datasets for s in tables[table]
                 for seed in seeds for name in classes]
         done: list[tuple[str, CellResult]] = []
         failures: list[CellFailure] = []
@@ -391,19 +368,14 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
                 log(f"FAILED {failures[-1].line()} (traceback in "
                     f"{failures_path(out, table)})")
                 continue
-            if table == "fewshot":
-                res.dataset = f"{dataset} {setting.split('-')[1]}%"
             done.append((name, res))
         _record_failures(out, table, failures)
         failed = {f.system for f in failures}
-        results = [r for name, r in done if name not in failed]
-        paths: dict[str, Path] = {}
-        if results:
-            from reports.tables import render_all
-
-            notes = caption_notes(results) + (
-                [failure_note((f.label, f.error) for f in failures)] if failures else [])
-            paths = render_all(results, out, table, reference=reference, notes=notes,
-                               failed={f.label: f.group for f in failures})
-    markdown = paths["md"].read_text() if "md" in paths else ""
-    return TableRun(table, results, paths, markdown, time.perf_counter() - t0, failures)
+        ranked = sorted(classes, key=lambda n: registry.rank(classes[n]))
+        run = TableRun(table, profile, out, [r for name, r in done if name not in failed],
+                       failures, [registry.label_for(classes[n], profile) for n in ranked])
+        if render is not None and run.results:
+            run.paths = render(run)
+            run.markdown = run.paths["md"].read_text() if "md" in run.paths else ""
+    run.seconds = time.perf_counter() - t0
+    return run

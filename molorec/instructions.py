@@ -12,8 +12,6 @@ candidate files (a system never reads those), and never an item the user actuall
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +19,7 @@ import numpy as np
 
 from bench.api import UserSequence
 from molorec.template import NO, YES, Encoder, rank_prompt, yes_no_parts
+from protocols.digest import sequences_digest  # noqa: F401 - molorec's modules import it here
 
 
 @dataclass(frozen=True)
@@ -29,17 +28,6 @@ class Example:
 
     prompt: tuple[int, ...]
     answer: tuple[int, ...]
-
-
-def sequences_digest(sequences: Sequence[UserSequence], titles: dict[str, str]) -> str:
-    """sha256 of sequences (with targets) and the titles of their items: a cache key part."""
-    h = hashlib.sha256()
-    used = set()
-    for s in sequences:
-        h.update(json.dumps([s.user, list(s.items), s.targets]).encode())
-        used.update(s.items)
-    h.update(json.dumps(sorted((i, titles[i]) for i in used)).encode())
-    return h.hexdigest()
 
 
 def item_pool(sequences: Sequence[UserSequence]) -> np.ndarray:

@@ -66,12 +66,24 @@ def ensure_adapter(workdir: str | Path, kind: str, key: dict[str, Any], backbone
     path = artifact_path(workdir, kind, full_key)
     if is_built(path):
         return path
-    t0 = time.perf_counter()
+
+    def fit() -> tuple[Adapter, dict[str, Any]]:
+        t0 = time.perf_counter()
+        examples = make_examples()
+        adapter, losses = train_adapter(backbone, examples, lora, settings, seed, name)
+        return adapter, {"losses": losses, "examples": len(examples),
+                         "seconds": time.perf_counter() - t0,
+                         "processes": state.num_processes, "compute": settings.compute}
+
+    if state.num_processes == 1:  # trained under the store's per-key lock: once per key,
+        # however many workers ask for it at the same time
+        def build(out: Path) -> None:
+            adapter, meta = fit()
+            save_peft(adapter, out, backbone.path, meta)
+
+        return cached_dir(workdir, kind, full_key, build)
     # every process trains (data parallel); only the main one writes the artifact
-    examples = make_examples()
-    adapter, losses = train_adapter(backbone, examples, lora, settings, seed, name)
-    meta = {"losses": losses, "examples": len(examples), "seconds": time.perf_counter() - t0,
-            "processes": state.num_processes, "compute": settings.compute}
+    adapter, meta = fit()
     if state.is_main_process:
         cached_dir(workdir, kind, full_key,
                    lambda out: save_peft(adapter, out, backbone.path, meta))

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from bench.seeding import seed_everything
 from molorec.instructions import Example
 from molorec.lm import autocast, logits_at
 
@@ -40,12 +40,6 @@ class TrainSettings:
     def from_config(cls, cfg: dict) -> TrainSettings:
         known = {k: cfg[k] for k in cls.__dataclass_fields__ if k in cfg}
         return cls(**known)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def _state():

@@ -1,36 +1,38 @@
 """`bench protocol build`: from a raw dataset to the protocol files every system ranks.
 
-Pipeline: load -> clean titles -> drop repeated (user, item) pairs -> seeded user-disjoint
-general/specific partition -> k-core each part -> chronological order -> split
-(warm / cold / few-shot) -> sample 1+29 candidates for validation and test -> write.
+Pipeline: load (the dataset's spec) -> clean titles -> drop repeated (user, item) pairs ->
+seeded user-disjoint general/specific partition -> k-core each part -> chronological
+order -> split (the setting's spec) -> sample 1 + `negatives` candidates for validation
+and test -> write. Options and their defaults: protocols.options.ProtocolOptions.
 """
 
 from __future__ import annotations
 
 import json
-import math
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocols import filtering, splits
+from protocols import filtering, settings, splits
 from protocols.datasets import load_dataset, source_files, source_root
+from protocols.digest import file_sha256
 from protocols.errors import OptionError, OutputError, ProtocolError
 from protocols.files import (
     FILES,
     PROTOCOL_FORMAT,
-    atomic_dir,
     candidates_sha256,
     check_protocol_out,
     overlapping,
-    sha256_file,
 )
 from protocols.interactions import Interactions
-from protocols.sampling import candidate_rows, sample_negatives
+from protocols.options import ProtocolOptions
+from protocols.sampling import candidate_negatives, candidate_rows
+from protocols.settings import SettingSpec
+from protocols.store import atomic_dir
 
 FORMAT = PROTOCOL_FORMAT
-N_NEGATIVES = 29
 
 
 def _quoted(ids: np.ndarray) -> np.ndarray:
@@ -73,41 +75,30 @@ def _general_ragged(general: Interactions, drop_items: set[str]
 def source_hashes(dataset: str, data_path: str | Path | None) -> dict[str, str]:
     """sha256 of every raw file a build of `dataset` reads: the manifest's `source`, and
     the part of a protocol's cache key that covers the data."""
-    return {p.name: sha256_file(p) for p in source_files(dataset, data_path)
+    return {p.name: file_sha256(p) for p in source_files(dataset, data_path)
             if p.suffix not in (".kg", ".link")}
 
 
-def _fraction(name: str, value: float) -> None:
-    if not (isinstance(value, (int, float)) and math.isfinite(value) and 0 < value < 1):
-        raise OptionError(f"--{name} must be a number strictly between 0 and 1, got {value!r}")
-
-
-def check_options(setting: str, seed: int, kcore: int, general_fraction: float,
-                  cold_fraction: float, max_users: int | None) -> None:
-    """Range checks, before any data is read (a bad value is an error, never a default)."""
-    if setting not in splits.SETTINGS:
-        raise ProtocolError(f"unknown setting {setting!r}; use one of {', '.join(splits.SETTINGS)}")
+def check_request(setting: str, seed: int, options: ProtocolOptions) -> SettingSpec:
+    """The setting's spec, after the range checks (before any data is read: a bad value is
+    an error, never a default)."""
+    spec = settings.get(setting)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise OptionError(f"--seed must be an integer from 0 to 2**32-1, got {seed!r}")
-    if isinstance(kcore, bool) or not isinstance(kcore, int) or kcore < 1:
-        raise OptionError(f"--kcore must be an integer >= 1 (1: no filtering), got {kcore!r}")
-    _fraction("general-fraction", general_fraction)
-    _fraction("cold-fraction", cold_fraction)
-    if max_users is not None and (isinstance(max_users, bool) or not isinstance(max_users, int)
-                                  or max_users < 1):
-        raise OptionError(f"--max-users must be an integer >= 1 (omit it for no limit), "
-                          f"got {max_users!r}")
+    options.check()
+    return spec
 
 
 def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
-                   data_path: str | Path | None = None, kcore: int = 5,
-                   general_fraction: float = 0.5, cold_fraction: float = 0.1,
-                   max_users: int | None = None) -> dict[str, Any]:
-    """Build one protocol directory and return its manifest.
+                   data_path: str | Path | None = None, options: ProtocolOptions | None = None,
+                   **overrides: Any) -> dict[str, Any]:
+    """Build one protocol directory and return its manifest. `options` (default
+    ProtocolOptions()) with `overrides` (kcore=..., cold_fraction=...) applied.
 
     `out` must be absent, empty, or a protocol directory built before (it is replaced);
     it may not overlap the input directory."""
-    check_options(setting, seed, kcore, general_fraction, cold_fraction, max_users)
+    opts = replace(options or ProtocolOptions(), **overrides)
+    spec = check_request(setting, seed, opts)
     out = Path(out)
     root = source_root(dataset, data_path)
     if overlapping(root, out):
@@ -117,29 +108,24 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     raw = load_dataset(dataset, data_path)
     # sorted once here; every later step selects with masks and so keeps this order
     inter = filtering.drop_repeats(filtering.chronological(filtering.clean_titles(raw)))
-    general, target = filtering.split_users(inter, general_fraction, seed)
-    if max_users is not None:
-        general = filtering.sample_users(general, max_users, seed)
-        target = filtering.sample_users(target, max_users, seed)
-    general = filtering.k_core(general, kcore)
-    target = filtering.k_core(target, kcore)
+    general, target = filtering.split_users(inter, opts.general_fraction, seed)
+    if opts.max_users is not None:
+        general = filtering.sample_users(general, opts.max_users, seed)
+        target = filtering.sample_users(target, opts.max_users, seed)
+    general = filtering.k_core(general, opts.kcore)
+    target = filtering.k_core(target, opts.kcore)
     if len(target) == 0:
-        raise ProtocolError(f"no interactions left after {kcore}-core filtering of {dataset}")
-
-    if setting == "warm":
-        split = splits.warm(target)
-    elif setting == "cold":
-        split = splits.cold(target, cold_fraction, seed, N_NEGATIVES)
-    else:
-        split = splits.fewshot(target, splits.FEWSHOT[setting], seed)
+        raise ProtocolError(f"no interactions left after {opts.kcore}-core filtering of "
+                            f"{dataset}")
+    split = spec.split(target, seed, opts)
 
     n_items = len(target.item_ids)
     seen = np.unique(target.user.astype(np.int64) * n_items + target.item)
     negs = {}
     for name, part, stream in (("valid", split.valid, 201), ("test", split.test, 202)):
         rng = np.random.default_rng([seed, stream])
-        neg = sample_negatives(rng, part.users, part.pool, seen, n_items, N_NEGATIVES,
-                               target.user_ids)
+        neg = candidate_negatives(rng, part.users, part.pool, seen, n_items, opts.negatives,
+                                  target.user_ids)
         negs[name] = candidate_rows(rng, part.positives, neg)
 
     cold_ids = set(target.item_ids[split.cold_items]) if split.cold_items is not None else set()
@@ -171,16 +157,14 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     }
     manifest: dict[str, Any] = {
         "format": FORMAT, "dataset": dataset, "setting": setting, "seed": seed,
-        "options": {"kcore": kcore, "general_fraction": general_fraction,
-                    "cold_fraction": cold_fraction, "max_users": max_users,
-                    "negatives": N_NEGATIVES},
+        "options": opts.as_dict(),
         "source": source_hashes(dataset, data_path),
         "counts": counts,
     }
     with atomic_dir(out, check=check_protocol_out) as tmp:
         for name in FILES:
             (tmp / name).write_text(texts[name], encoding="utf-8")
-        manifest["files"] = {name: sha256_file(tmp / name) for name in FILES}
+        manifest["files"] = {name: file_sha256(tmp / name) for name in FILES}
         manifest["candidates_sha256"] = candidates_sha256(manifest["files"])
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

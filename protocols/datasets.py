@@ -1,26 +1,94 @@
-"""Dataset registry: a name (and optional directory) to one normalized `Interactions`.
+"""Datasets: each one `DatasetSpec`, registered like systems.
 
-Embedded default: `ml-100k`, the MovieLens-100K atomic files inside the installed
-`recbole` package, so nothing is downloaded. Any other directory of RecBole atomic files
-(`<name>.inter` + `<name>.item`) loads with `--data-path`.
+A spec is the one place that knows a dataset's loader (a 'module:function' imported only
+when used), where its files live and which files `bench data download` fetches. A family
+(`amazon2014-{part}`) covers every name with its prefix; `parts` lists the members that
+can be downloaded. Adding a dataset is one spec (here, or in a plugin under the
+entry-point group `molorec_bench.datasets`) plus its test.
+
+All loaders produce one normalized `Interactions`. Embedded default: `ml-100k`, the
+MovieLens-100K atomic files inside the installed `recbole` package, so nothing is
+downloaded. Any other directory of RecBole atomic files loads with `--data-path`.
 """
 
 from __future__ import annotations
 
-import csv
-import difflib
 import importlib.util
 import os
-from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from dataclasses import dataclass, replace
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
 
 from protocols.errors import ProtocolError
 from protocols.interactions import Interactions
+from protocols.registry import Registry, did_you_mean, import_target, spec_of, suggest
 
-KNOWN = ("ml-100k", "ml-1m", "ml-10m", "amazon2014-<Category>", "amazon2018-<Category>",
-         "<any name> with --data-path DIR of RecBole atomic files")
+ENTRY_POINT_GROUP = "molorec_bench.datasets"
+PART = "{part}"
+ATOMIC = "protocols.atomic:load_atomic"
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    url: str
+    sha256: str | None = None
+    md5: str | None = None
+    extract: bool = False  # zip archive: unpack into the dataset folder
+
+    @property
+    def filename(self) -> str:
+        return PurePosixPath(urlsplit(self.url).path).name
+
+
+@dataclass(frozen=True)
+class Source:
+    """What `bench data download NAME` fetches."""
+
+    name: str
+    files: tuple[RemoteFile, ...]
+    homepage: str
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str  # "ml-1m", or a family "amazon2014-{part}"
+    loader: str = ATOMIC  # 'module:function', called as loader(directory, name or part)
+    files: tuple[RemoteFile, ...] = ()  # the download entry; urls may hold {part}
+    homepage: str = ""
+    parts: tuple[str, ...] = ()  # a family's members that can be downloaded
+    root: str | None = None  # 'module:function' -> a fixed directory (embedded data)
+    part_label: str = "part"  # what a family's part is, for messages: amazon2014-<Category>
+
+    @property
+    def family(self) -> bool:
+        return PART in self.name
+
+    @property
+    def prefix(self) -> str:
+        return self.name.split(PART)[0]
+
+    @property
+    def shown(self) -> str:
+        return self.name.replace(PART, f"<{self.part_label}>")
+
+    def names(self) -> list[str]:
+        """The concrete names it answers to by name (a family: its listed parts)."""
+        return [self.name.replace(PART, p) for p in self.parts] if self.family else [self.name]
+
+    def part(self, name: str) -> str:
+        """What the loader and the urls are given for `name`."""
+        return name[len(self.prefix):] if self.family else name
+
+    def directory(self, name: str) -> Path:
+        """Where `name`'s files live unless `--data-path` says otherwise."""
+        return Path(import_target(self.root)()) if self.root else data_home() / name
+
+    def load(self, directory: Path, name: str) -> Interactions:
+        return import_target(self.loader)(Path(directory), self.part(name))
+
+    def source(self, name: str) -> Source:
+        files = tuple(replace(f, url=f.url.replace(PART, self.part(name))) for f in self.files)
+        return Source(name, files, self.homepage)
 
 
 def embedded_ml100k() -> Path:
@@ -37,189 +105,86 @@ def data_home() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "molorec-bench" / "data"
 
 
-CHUNK = 1 << 24  # bytes per block when checking a file's lines
+_GROUPLENS = "https://files.grouplens.org/datasets/movielens"
+_SNAP = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
+# The paper's seven general + three target e-commerce domains (Amazon 2014 5-core).
+AMAZON2014_CATEGORIES = (
+    "Beauty", "Toys_and_Games", "Sports_and_Outdoors", "Clothing_Shoes_and_Jewelry",
+    "Cell_Phones_and_Accessories", "Grocery_and_Gourmet_Food", "Health_and_Personal_Care",
+    "Home_and_Kitchen", "Pet_Supplies", "Tools_and_Home_Improvement", "Video_Games",
+)
+# Checksums: ml-1m carries its published sha256 (TensorFlow Datasets' url_checksums/
+# movielens.txt) and both MovieLens zips GroupLens' published md5 (the `<zip>.md5` files
+# beside them). None is published for ml-10m or the Amazon 2014 files: the first download
+# records theirs (trust on first use, see protocols.download).
+BUILTIN: dict[str, DatasetSpec | str] = {
+    "ml-100k": DatasetSpec("ml-100k", root="protocols.datasets:embedded_ml100k"),
+    "ml-1m": DatasetSpec(
+        "ml-1m", "protocols.raw_formats:load_movielens_dat", (RemoteFile(
+            f"{_GROUPLENS}/ml-1m.zip",
+            sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
+            md5="c4d9eecfca2ab87c1945afe126590906", extract=True),),
+        "https://grouplens.org/datasets/movielens/1m/"),
+    "ml-10m": DatasetSpec(
+        "ml-10m", "protocols.raw_formats:load_movielens_dat", (RemoteFile(
+            f"{_GROUPLENS}/ml-10m.zip", md5="ce571fd55effeba0271552578f2648bd",
+            extract=True),),
+        "https://grouplens.org/datasets/movielens/10m/"),
+    "amazon2014-{part}": DatasetSpec(
+        "amazon2014-{part}", "protocols.raw_formats:load_amazon2014",
+        (RemoteFile(f"{_SNAP}/reviews_{PART}_5.json.gz"),
+         RemoteFile(f"{_SNAP}/meta_{PART}.json.gz")),
+        "https://jmcauley.ucsd.edu/data/amazon/index_2014.html", AMAZON2014_CATEGORIES,
+        part_label="Category"),
+    "amazon2018-{part}": DatasetSpec("amazon2018-{part}", "protocols.raw_formats:load_amazon2018",
+                                     part_label="Category"),
+}
 
 
-def _check_block(path: Path, block: bytes, first_line: int, n_fields: int,
-                 blank: list[int]) -> None:
-    """Check whole lines (block ends with a newline) starting at file line first_line."""
-    try:
-        block.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = first_line + block.count(b"\n", 0, e.start)
-        raise ProtocolError(f"not UTF-8: byte 0x{block[e.start]:02x}; atomic files are UTF-8, "
-                            "convert it (e.g. `iconv -f latin1 -t utf-8`)", path, line) from None
-    arr = np.frombuffer(block, dtype=np.uint8)
-    nl = np.flatnonzero(arr == 10)
-    cr = np.flatnonzero(arr == 13)
-    lone = cr[arr[cr + 1] != 10]  # a CR not ending its line would start a new row in pandas
-    if len(lone):
-        line = first_line + int(np.searchsorted(nl, lone[0]))
-        raise ProtocolError("carriage return inside a line (a line break inside a field?)",
-                            path, line)
-    tabs = np.diff(np.concatenate([[0], np.searchsorted(np.flatnonzero(arr == 9), nl)]))
-    starts = np.concatenate([[0], nl[:-1] + 1])
-    lengths = nl - starts - np.isin(nl - 1, cr)
-    empty = lengths == 0
-    blank += (first_line + np.flatnonzero(empty)).tolist()
-    bad = np.flatnonzero(~empty & (tabs != n_fields - 1))
-    if len(bad):
-        got = int(tabs[bad[0]]) + 1
-        why = ("a tab inside a field?" if got > n_fields
-               else "a line break inside a field, or a missing field?")
-        raise ProtocolError(f"{got} tab-separated fields, the header has {n_fields} ({why})",
-                            path, first_line + int(bad[0]))
+DATASETS: Registry[DatasetSpec] = Registry("dataset", ENTRY_POINT_GROUP, BUILTIN,
+                                           spec_of("dataset", DatasetSpec),
+                                           unknown=ProtocolError)
 
 
-def _check_lines(path: Path, n_fields: int) -> list[int]:
-    """Before pandas reads a tab-separated file: every line is UTF-8 and has the header's
-    number of fields (so a stray tab or line break cannot shift columns). Returns the
-    numbers of blank lines, which pandas skips, to map rows back to lines."""
-    blank: list[int] = []
-    line, carry = 1, b""
-    with open(path, "rb") as f:
-        while block := f.read(CHUNK):
-            block = carry + block
-            cut = block.rfind(b"\n") + 1
-            carry = block[cut:]
-            if cut:
-                _check_block(path, block[:cut], line, n_fields, blank)
-                line += block.count(b"\n", 0, cut)
-    if carry:
-        _check_block(path, carry + b"\n", line, n_fields, blank)
-    return blank
+def _specs() -> list[DatasetSpec]:
+    return list(DATASETS.items().values())
 
 
-def _line_of(row: int, blank: list[int]) -> int:
-    """The file line of data row `row` (0-based; the header is line 1)."""
-    line = row + 2
-    for b in blank:
-        if b <= line:
-            line += 1
-    return line
+def known() -> list[str]:
+    """Every name a dataset answers to, a family as its pattern (amazon2014-<Category>)."""
+    return [n for s in _specs() for n in ([s.shown] if s.family else s.names())]
 
 
-def _field(header: list[str], base: str, path: Path) -> str:
-    for col in header:
-        if col.split(":")[0] == base:
-            return col
-    raise ProtocolError(f"missing column {base!r} (header has {header})", path, 1)
-
-
-def _title_field(header: list[str]) -> str | None:
-    for col in header:
-        if "title" in col.split(":")[0].lower() or col.split(":")[0] in ("item_name", "name"):
-            return col
+def lookup(name: str, fold_case: bool = False) -> tuple[DatasetSpec, str] | None:
+    """(spec, canonical name) for `name`: a registered name (in any case with
+    `fold_case`), then a family prefix; None if no spec covers it."""
+    specs = _specs()
+    fold = str.lower if fold_case else str
+    by_name = {fold(n): (s, n) for s in specs for n in s.names()}
+    if fold(name) in by_name:
+        return by_name[fold(name)]
+    for s in specs:
+        if s.family and fold(name).startswith(fold(s.prefix)) and len(name) > len(s.prefix):
+            return s, s.prefix + name[len(s.prefix):]
     return None
 
 
-def _read_tsv(path: Path, usecols: list[str], dtype: dict | type = str
-              ) -> tuple[pd.DataFrame, list[int]]:
-    """Tab-separated columns of a checked file (ids stay strings or categories of strings),
-    and the blank lines pandas skipped (see _line_of)."""
-    header = _header(path)
-    blank = _check_lines(path, len(header))
-    try:
-        return pd.read_csv(path, sep="\t", usecols=usecols, dtype=dtype,
-                           quoting=csv.QUOTE_NONE, keep_default_na=False, na_values=[""],
-                           engine="c", encoding="utf-8"), blank
-    except pd.errors.ParserError as e:
-        raise ProtocolError(f"malformed file: {str(e).strip()}", path) from None
-    except ValueError as e:  # a non-numeric value in a numeric column: find its line
-        for col, kind in (dtype.items() if isinstance(dtype, dict) else []):
-            if kind != "float64":
-                continue
-            raw = pd.read_csv(path, sep="\t", usecols=[col], dtype=str, keep_default_na=False,
-                              quoting=csv.QUOTE_NONE)[col]
-            bad = pd.to_numeric(raw, errors="coerce").isna() & (raw != "")
-            if bad.any():
-                row = int(np.argmax(bad.to_numpy()))
-                raise ProtocolError(f"{col} value {raw.iat[row]!r} is not a number",
-                                    path, _line_of(row, blank)) from None
-        raise ProtocolError(f"cannot parse: {e}", path) from None
-
-
-def _header(path: Path) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            first = f.readline()
-    except FileNotFoundError:
-        raise ProtocolError("file not found", path) from None
-    try:
-        return first.decode("utf-8").rstrip("\r\n").split("\t")
-    except UnicodeDecodeError:
-        raise ProtocolError("header is not UTF-8; atomic files are UTF-8", path, 1) from None
-
-
-def _first_empty(df: pd.DataFrame, col: str) -> int | None:
-    empty = (df[col].isna() | (df[col] == "")).to_numpy()
-    return int(np.argmax(empty)) if empty.any() else None
-
-
-def _item_titles(path: Path) -> tuple[dict[str, str], int]:
-    """item id -> title from a .item file, and the number of repeated identical rows; a
-    repeated id with another title is an error naming both lines."""
-    header = _header(path)
-    ticol = _title_field(header)
-    if ticol is None:
-        raise ProtocolError(f"no title column in {header}", path, 1)
-    icol = _field(header, "item_id", path)
-    idf, blank = _read_tsv(path, [icol, ticol])
-    if (row := _first_empty(idf, icol)) is not None:
-        raise ProtocolError(f"empty or missing field {icol!r}", path, _line_of(row, blank))
-    ids, titles = idf[icol], idf[ticol].fillna("")
-    repeated = ids.duplicated(keep="first")
-    if repeated.any():
-        first_row = {}
-        for row in np.flatnonzero(ids.duplicated(keep=False).to_numpy()):
-            item = ids.iat[row]
-            if item not in first_row:
-                first_row[item] = row
-            elif titles.iat[row] != titles.iat[first_row[item]]:
-                raise ProtocolError(
-                    f"item_id {item!r} again, with another title (first at line "
-                    f"{_line_of(first_row[item], blank)}); ids must be unique", path,
-                    _line_of(int(row), blank))
-    keep = ~repeated
-    out = dict(zip(ids[keep], idf[ticol][keep], strict=True))
-    return out, int(repeated.sum())
-
-
-def load_atomic(root: Path, name: str | None = None) -> Interactions:
-    """Load `<name>.inter` and `<name>.item` (RecBole atomic files) from `root`."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ProtocolError("dataset directory not found", root)
-    if name is None or not (root / f"{name}.inter").exists():
-        inters = sorted(root.glob("*.inter"))
-        if len(inters) != 1:
-            raise ProtocolError(f"expected one .inter file, found {len(inters)}", root)
-        name = inters[0].stem
-    inter_path, item_path = root / f"{name}.inter", root / f"{name}.item"
-    header = _header(inter_path)
-    ucol, icol = _field(header, "user_id", inter_path), _field(header, "item_id", inter_path)
-    tcol = _field(header, "timestamp", inter_path)
-    df, blank = _read_tsv(inter_path, [ucol, icol, tcol],
-                          {ucol: "category", icol: "category", tcol: "float64"})
-    ts = df[tcol].to_numpy(dtype=np.float64)
-    for col in (ucol, icol, tcol):
-        row = _first_empty(df, col) if col != tcol else (
-            int(np.argmax(np.isnan(ts))) if np.isnan(ts).any() else None)
-        if row is not None:
-            raise ProtocolError(f"empty or missing field {col!r}", inter_path,
-                                _line_of(row, blank))
-    if not item_path.exists():
-        raise ProtocolError("missing item file: titles are required", item_path)
-    titles, repeated = _item_titles(item_path)
-    inter = Interactions.from_columns(name, df[ucol], df[icol], ts, titles)
-    if repeated:
-        inter.stats["repeated_item_rows"] = repeated
-    return inter
+def unknown(name: str) -> ProtocolError:
+    concrete = [n for s in _specs() if not s.family for n in s.names()]
+    return ProtocolError(f"unknown dataset {name!r}.{did_you_mean(suggest(name, concrete, 1))} "
+                         f"Known: {', '.join(known())}, or any name with --data-path DIR of "
+                         "RecBole atomic files")
 
 
 def source_root(dataset: str, data_path: str | Path | None) -> Path:
     """The directory a build of `dataset` reads."""
-    return Path(data_path) if data_path else _default_root(dataset)
+    if data_path:
+        return Path(data_path)
+    found = lookup(dataset)
+    if found is None:
+        raise unknown(dataset)
+    spec, name = found
+    return spec.directory(name)
 
 
 def source_files(dataset: str, data_path: str | Path | None) -> list[Path]:
@@ -230,30 +195,27 @@ def source_files(dataset: str, data_path: str | Path | None) -> list[Path]:
                   and not p.name.endswith(skip) and p.name != "checksums.json")
 
 
-def _default_root(dataset: str) -> Path:
-    if dataset == "ml-100k":
-        return embedded_ml100k()
-    return data_home() / dataset
-
-
 def load_dataset(dataset: str, data_path: str | Path | None = None) -> Interactions:
-    """Load a dataset by name; `data_path` points at its directory when not the default."""
-    if dataset == "ml-100k" and data_path is None:
-        return load_atomic(embedded_ml100k(), "ml-100k")
-    root = Path(data_path) if data_path else _default_root(dataset)
-    if dataset in ("ml-1m", "ml-10m"):
-        from protocols.raw_formats import load_movielens_dat
+    """Load a dataset by name; `data_path` points at its directory when not the default.
+    A name no spec covers loads as RecBole atomic files from `data_path`."""
+    found = lookup(dataset)
+    if found is None:
+        if data_path is None:
+            raise unknown(dataset)
+        return import_target(ATOMIC)(Path(data_path), dataset)
+    spec, name = found
+    return spec.load(source_root(name, data_path), name)
 
-        return load_movielens_dat(root, dataset)
-    for prefix in ("amazon2014-", "amazon2018-"):
-        if dataset.startswith(prefix):
-            from protocols import raw_formats
 
-            loader = (raw_formats.load_amazon2014 if prefix == "amazon2014-"
-                      else raw_formats.load_amazon2018)
-            return loader(root, dataset[len(prefix):])
-    if data_path is None:
-        close = difflib.get_close_matches(dataset, ["ml-100k", "ml-1m", "ml-10m"], n=1)
-        hint = f" Did you mean {close[0]!r}?" if close else ""
-        raise ProtocolError(f"unknown dataset {dataset!r}.{hint} Known: {', '.join(KNOWN)}")
-    return load_atomic(root, dataset)
+def download_source(name: str) -> Source | None:
+    """What `bench data download` fetches for the canonical `name` (None: nothing)."""
+    found = lookup(name)
+    if found is None or found[1] not in downloadable():
+        return None
+    spec, canonical = found
+    return spec.source(canonical)
+
+
+def downloadable() -> list[str]:
+    """Every name `bench data download` knows."""
+    return [n for s in _specs() if s.files for n in s.names()]

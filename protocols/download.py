@@ -1,10 +1,9 @@
 """Fetch the raw dataset files (`python -m bench data download NAME`).
 
-Checksums: ml-1m carries its published sha256 (TensorFlow Datasets' url_checksums/movielens.txt)
-and both MovieLens zips carry GroupLens' published md5 (the `<zip>.md5` files beside them).
-No sha256 is published for ml-10m or the Amazon 2014 files, so theirs is None: the first
-download records the sha256 in `<dest>/<name>/checksums.json` (trust on first use) and every
-later download or hand-placed copy is verified against it.
+What to fetch is each dataset's spec (protocols.datasets: urls, published checksums).
+Where no sha256 is published (ml-10m, the Amazon 2014 files), the first download records
+it in `<dest>/<name>/checksums.json` (trust on first use) and every later download or
+hand-placed copy is verified against it.
 
 Only the standard library (urllib) and tqdm: a `.part` file is resumed with an HTTP Range
 request, verified, then renamed into place, so a final path only ever holds a checked file.
@@ -25,12 +24,12 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from tqdm import tqdm
 
+from protocols.datasets import RemoteFile, Source, download_source, downloadable
 from protocols.errors import HarnessError, OptionError
 
 CHECKSUMS = "checksums.json"
@@ -41,67 +40,21 @@ class DownloadError(HarnessError, RuntimeError):
     """A dataset could not be fetched or failed verification; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class RemoteFile:
-    url: str
-    sha256: str | None = None
-    md5: str | None = None
-    extract: bool = False  # zip archive: unpack into the dataset folder
-
-    @property
-    def filename(self) -> str:
-        return PurePosixPath(urlsplit(self.url).path).name
-
-
-@dataclass(frozen=True)
-class Source:
-    name: str
-    files: tuple[RemoteFile, ...]
-    homepage: str
-
-
-_GROUPLENS = "https://files.grouplens.org/datasets/movielens"
-_SNAP = "https://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
-
-# The paper's seven general + three target e-commerce domains (Amazon 2014 5-core).
-AMAZON2014_CATEGORIES = (
-    "Beauty", "Toys_and_Games", "Sports_and_Outdoors", "Clothing_Shoes_and_Jewelry",
-    "Cell_Phones_and_Accessories", "Grocery_and_Gourmet_Food", "Health_and_Personal_Care",
-    "Home_and_Kitchen", "Pet_Supplies", "Tools_and_Home_Improvement", "Video_Games",
-)
-
-SOURCES: dict[str, Source] = {
-    "ml-1m": Source("ml-1m", (RemoteFile(
-        f"{_GROUPLENS}/ml-1m.zip",
-        sha256="a6898adb50b9ca05aa231689da44c217cb524e7ebd39d264c56e2832f2c54e20",
-        md5="c4d9eecfca2ab87c1945afe126590906", extract=True),),
-        "https://grouplens.org/datasets/movielens/1m/"),
-    "ml-10m": Source("ml-10m", (RemoteFile(
-        f"{_GROUPLENS}/ml-10m.zip", md5="ce571fd55effeba0271552578f2648bd", extract=True),),
-        "https://grouplens.org/datasets/movielens/10m/"),
-}
-for _cat in AMAZON2014_CATEGORIES:
-    SOURCES[f"amazon2014-{_cat}"] = Source(
-        f"amazon2014-{_cat}",
-        (RemoteFile(f"{_SNAP}/reviews_{_cat}_5.json.gz"),
-         RemoteFile(f"{_SNAP}/meta_{_cat}.json.gz")),
-        "https://jmcauley.ucsd.edu/data/amazon/index_2014.html",
-    )
-
-
 # ---------------------------------------------------------------- helpers
 
 
 def resolve_name(name: str) -> str:
-    """Exact or case-insensitive match, else an error with the closest names."""
-    if name in SOURCES:
+    """Exact or case-insensitive match among the downloadable datasets (their specs in
+    protocols.datasets), else an error with the closest names."""
+    names = downloadable()
+    if name in names:
         return name
-    folded = {k.lower(): k for k in SOURCES}
+    folded = {k.lower(): k for k in names}
     if name.lower() in folded:
         return folded[name.lower()]
     close = difflib.get_close_matches(name.lower(), list(folded), n=3, cutoff=0.5)
     hint = (f" Did you mean {', '.join(repr(folded[c]) for c in close)}?" if close
-            else f" Known: {', '.join(sorted(SOURCES))}.")
+            else f" Known: {', '.join(sorted(names))}.")
     raise DownloadError(f"unknown dataset {name!r}.{hint}")
 
 
@@ -306,7 +259,8 @@ def download_dataset(name: str, dest: Path, base_url: str | None = None,
             or not math.isfinite(timeout) or timeout <= 0):
         raise OptionError(f"--timeout must be a positive number of seconds, got {timeout!r}")
     key = resolve_name(name)
-    source = SOURCES[key]
+    source = download_source(key)
+    assert source is not None  # resolve_name returns downloadable names only
     folder = Path(dest) / key
     created = _new_dirs(folder)
     folder.mkdir(parents=True, exist_ok=True)

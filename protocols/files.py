@@ -2,24 +2,20 @@
 
 Files: items.jsonl, train.jsonl, general.jsonl, valid_candidates.jsonl,
 test_candidates.jsonl, manifest.json. Writes go to a sibling temporary directory that
-is renamed into place, so a crash never leaves a half-written protocol.
+is renamed into place (protocols.store.atomic_dir), so a crash never leaves a
+half-written protocol.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.api import ScoreRequest, TrainData, UserSequence, Validation
+from protocols.data import ScoreRequest, TrainData, UserSequence, Validation
+from protocols.digest import file_sha256, text_sha256
 from protocols.errors import OutputError, ProtocolError
 
 FILES = ("items.jsonl", "train.jsonl", "general.jsonl", "valid_candidates.jsonl",
@@ -28,55 +24,10 @@ CANDIDATE_FILES = ("valid_candidates.jsonl", "test_candidates.jsonl")
 PROTOCOL_FORMAT = "molorec-bench-protocol/1"
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def candidates_sha256(file_hashes: dict[str, str]) -> str:
     """One hash for the candidate files: sha256 of 'name sha\\n' lines, valid then test."""
     text = "".join(f"{name} {file_hashes[name]}\n" for name in CANDIDATE_FILES)
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-@contextmanager
-def _locked(directory: Path) -> Iterator[None]:
-    """Hold an exclusive flock on a directory: renames into it are serialized, so two
-    writers of the same path never race (the last one wins, nothing is left behind)."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-@contextmanager
-def atomic_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterator[Path]:
-    """Yield a temporary directory that replaces `out` only if the block succeeds.
-
-    `check(out)` runs just before the swap, under a lock on the parent directory, and
-    raises if `out` may not be replaced (it holds something the harness did not write)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    old: Path | None = None
-    try:
-        yield tmp
-        with _locked(out.parent):
-            if check is not None:
-                check(out)
-            if out.exists():
-                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-                os.replace(out, old / "x")
-            os.replace(tmp, out)
-    finally:
-        for leftover in (tmp, old):
-            if leftover is not None and leftover.exists():
-                shutil.rmtree(leftover, ignore_errors=True)
+    return text_sha256(text)
 
 
 def overlapping(a: Path, b: Path) -> bool:
@@ -108,21 +59,6 @@ def check_protocol_out(out: Path) -> None:
         raise OutputError(f"--out {out} is not empty and is not a protocol directory this "
                           f"harness wrote (it holds {shown}); a build replaces the whole "
                           "directory, so choose an empty or new path")
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write a file via a temporary sibling and rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_jsonl(path: Path, check: Callable[[dict[str, Any]], None] | None = None
@@ -199,7 +135,7 @@ def load_protocol(root: Path) -> ProtocolFiles:
         raise ProtocolError(f"malformed JSON: {e}", mpath) from None
     for name in FILES:
         want = manifest.get("files", {}).get(name)
-        if want is None or sha256_file(root / name) != want:
+        if want is None or file_sha256(root / name) != want:
             raise ProtocolError("file does not match the sha256 in manifest.json", root / name)
     titles = {r["item"]: r["title"] for r in read_jsonl(root / "items.jsonl")}
     train = _sequences(read_jsonl(root / "train.jsonl", _check_sequence))

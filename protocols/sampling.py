@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from protocols.errors import ProtocolError
+from protocols.options import ProtocolOptions
 
 
 def _first_valid(draws: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -27,13 +28,13 @@ def _first_valid(draws: np.ndarray, excluded: np.ndarray, k: int) -> tuple[np.nd
     return np.take_along_axis(draws, pick, axis=1), ok
 
 
-def sample_negatives(
+def candidate_negatives(
     rng: np.random.Generator,
     users: np.ndarray,
     pool: np.ndarray,
     seen_keys: np.ndarray,
     n_items: int,
-    k: int = 29,
+    k: int = ProtocolOptions.negatives,
     user_names: np.ndarray | None = None,
 ) -> np.ndarray:
     """(len(users), k) item codes.

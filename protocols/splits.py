@@ -4,7 +4,8 @@ A training sample is one target position t >= 1 of a user's training sequence: i
 predicts items[t] from items[:t]. Few-shot settings keep a seeded p% of these samples
 (nested: 10% inside 20% inside 30%); the full sequence is still written, and the kept
 positions are listed in "targets", so sequence models and prompts see whole histories
-but learn only from the kept targets.
+but learn only from the kept targets. Which setting uses which split is said by its
+spec (protocols.settings).
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import numpy as np
 from protocols.errors import ProtocolError
 from protocols.filtering import user_bounds
 from protocols.interactions import Interactions
-
-FEWSHOT = {"fewshot-10": 10, "fewshot-20": 20, "fewshot-30": 30}
-SETTINGS = ("warm", "cold", *FEWSHOT)
+from protocols.options import ProtocolOptions
 
 
 @dataclass
@@ -102,7 +101,8 @@ def fewshot(inter: Interactions, percent: int, seed: int) -> Split:
     return split
 
 
-def cold(inter: Interactions, fraction: float, seed: int, k: int = 29) -> Split:
+def cold(inter: Interactions, fraction: float, seed: int,
+         k: int = ProtocolOptions.negatives) -> Split:
     """New-item split.
 
     A seeded `fraction` of the items is made cold: removed from every training and

@@ -23,44 +23,19 @@ import numpy as np
 
 from bench.api import GROUPS
 from bench.results import CellResult
-from protocols.files import atomic_write_text
+from protocols import settings
+from protocols.options import ProtocolOptions
 from protocols.stats import holm, paired_ttest
+from protocols.store import atomic_write_text
 from reports import paper_reference, render
 
 COMPARED_GROUPS = ("Traditional", "Transferable", "LLM-Based", "Ours")
 REFERENCE_GROUP = "Reference"
-CANONICAL_ORDER: dict[str, tuple[str, ...]] = {
-    "Reference": ("Random", "Pop"),
-    "Traditional": ("BPR-MF", "GRU4Rec", "SASRec", "FMLP-Rec"),
-    "Transferable": ("UniSRec", "VQ-Rec"),
-    "LLM-Based": ("Backbone zero-shot", "RecFormer", "P5", "TALLRec"),
-    "Ours": ("MoLoRec-G", "MoLoRec-S", "MoLoRec"),
-}
-# Paper column order; a dataset name containing one of these keys sorts into that slot
-# (e.g. "amazon2014-Toys_and_Games", "ml-1m"); others follow in natural order.
-PAPER_DATASET_KEYS = (("beauty",), ("toys",), ("sports",), ("movielens1m", "ml1m"))
-KIND_TEXT = {
-    "warm": "warm-start (the paper's Table 1 setting)",
-    "new-item": "new-item / cold-start (the paper's Table 2 setting)",
-    "few-shot": "few-shot training (the paper's Table 3 setting)",
-}
 TIE_ATOL = 1e-12  # means closer than this are ties (float noise from averaging over seeds)
 
 
 def _norm(name: str) -> str:
     return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-def table_kind(name: str) -> str | None:
-    """'warm' | 'new-item' | 'few-shot' for the usual table names, None when unknown."""
-    n = _norm(name)
-    if n in {"warm", "warmstart", "table1", "iid"}:
-        return "warm"
-    if n in {"newitem", "cold", "coldstart", "coldstartitem", "table2", "ood"}:
-        return "new-item"
-    if n.startswith("fewshot") or n == "table3":
-        return "few-shot"
-    return None
 
 
 @dataclass(frozen=True)
@@ -78,6 +53,7 @@ class Column:
     setting: str
     metric: str
     candidates: tuple[Candidates, ...]  # one, or one per seed when each seed has its own
+    heading: str = ""  # the column's label without the metric (the setting's spec says)
 
     @property
     def candidates_sha256(self) -> str | None:
@@ -126,7 +102,7 @@ class Table:
     """A renderer-agnostic comparison table; see the module docstring for the marks."""
 
     name: str
-    kind: str | None
+    paper_table: str | None  # the paper's table its settings mirror (reports.paper_reference)
     columns: tuple[Column, ...]
     rows: tuple[Row, ...]  # compared groups in display order, then reference rows
     comparisons: tuple[Comparison, ...]
@@ -134,13 +110,9 @@ class Table:
     alpha: float = 0.05
     published: dict[str, Any] | None = field(default=None)
 
-    def show_setting(self, dataset: str) -> bool:
-        """Name the setting only where a dataset appears under several settings."""
-        return len({c.setting for c in self.columns if c.dataset == dataset}) > 1
-
     def column_label(self, j: int, with_metric: bool = True) -> str:
         c = self.columns[j]
-        head = f"{c.dataset} ({c.setting})" if self.show_setting(c.dataset) else c.dataset
+        head = c.heading or c.dataset
         return f"{head} {c.metric}" if with_metric else head
 
     def groups(self) -> list[tuple[str, list[Row]]]:
@@ -180,7 +152,7 @@ class Table:
         if self.published is not None:
             pub = {**self.published, "header": list(self.published["header"]),
                    "rows": [list(r) for r in self.published["rows"]]}
-        return {"name": self.name, "kind": self.kind, "alpha": self.alpha,
+        return {"name": self.name, "paper_table": self.paper_table, "alpha": self.alpha,
                 "test": "two-sided paired t-test over per-user values averaged over seeds "
                         "sharing a candidate file (pairs: (candidate file, user))",
                 "correction": "holm", "columns": cols, "rows": rows, "comparisons": comps,
@@ -211,28 +183,26 @@ def _natural(s: str) -> list:
 
 
 def _dataset_key(d: str) -> tuple:
+    """The paper's column order (data in reports.paper_reference), then natural order."""
     n = _norm(d)
-    for rank, keys in enumerate(PAPER_DATASET_KEYS):
+    for rank, keys in enumerate(paper_reference.DATASET_ORDER):
         if any(k in n for k in keys):
             return (rank, _natural(d))
-    return (len(PAPER_DATASET_KEYS), _natural(d))
+    return (len(paper_reference.DATASET_ORDER), _natural(d))
 
 
-def _canonical_rank(group: str, name: str) -> int | None:
-    names = [_norm(n) for n in CANONICAL_ORDER.get(group, ())]
-    n = _norm(name)
-    if n in names:
-        return names.index(n)
-    if group == "LLM-Based" and ("zeroshot" in n or n.startswith("backbone")):
-        return 0  # the zero-shot backbone row, however the plugin names it
-    return None
-
-
-def _row_key(group: str, name: str, order: Sequence[str] | None) -> tuple:
-    if order is not None and name in order:
-        return (0, order.index(name), "")
-    rank = _canonical_rank(group, name)
-    return (1, rank, "") if rank is not None else (2, 0, name.lower())
+def _headings(ds_keys: Sequence[tuple[str, str]]) -> dict[tuple[str, str], str]:
+    """A column's label per (dataset, setting): the setting spec's `column` (e.g.
+    "ml-100k 10%"); for an unregistered setting the dataset, naming the setting where
+    the dataset appears under several; any label left twice names its setting."""
+    out = {}
+    for d, s in ds_keys:
+        spec = settings.find(s)
+        several = sum(1 for d2, _ in ds_keys if d2 == d) > 1
+        out[(d, s)] = (spec.column.format(dataset=d) if spec is not None
+                       else f"{d} ({s})" if several else d)
+    labels = list(out.values())
+    return {k: f"{v} ({k[1]})" if labels.count(v) > 1 else v for k, v in out.items()}
 
 
 def _units(cells: list[CellResult], metrics: Sequence[str]
@@ -296,7 +266,8 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
     """Aggregate cells (one per dataset/setting/system/seed) into a marked comparison table.
 
     `table` keeps only results of that table name (all results must share one otherwise);
-    `order` fixes the row order within groups; `notes` are appended to the caption;
+    `order` (row labels; callers pass the registry's) fixes the row order within groups,
+    rows not in it following in the order they come; `notes` are appended to the caption;
     `reference="paper"` adds the paper's published numbers as a separate block;
     `failed` (row label -> group) adds rows marked failed, with no values.
     """
@@ -368,15 +339,19 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
         n_of = {h: sum(1 for k in units_of[(d, s)][0] if k[0] == h) for h in seeds_of}
         cand[(d, s)] = tuple(sorted((Candidates(h, tuple(sorted(seeds_of[h])), n_of[h])
                                      for h in seeds_of), key=lambda c: (c.seeds, c.sha256)))
-    columns = tuple(Column(d, s, m, cand[(d, s)]) for d, s in ds_keys for m in metrics)
+    heads = _headings(ds_keys)
+    columns = tuple(Column(d, s, m, cand[(d, s)], heads[(d, s)]) for d, s in ds_keys
+                    for m in metrics)
 
     failed = {k: v for k, v in (failed or {}).items() if k not in groups}
     for label, group in failed.items():
         if group not in GROUPS:
             raise ValueError(f"failed row {label!r}: unknown group {group!r}")
+    # rows: by group, then `order` (the registry's, from the caller), then as they came
+    ranked = [*(order or ()), *dict.fromkeys([*(r.system for r in results), *failed])]
     systems = sorted({**groups, **failed}, key=lambda x: (
         (*COMPARED_GROUPS, REFERENCE_GROUP).index(groups.get(x) or failed[x]),
-        _row_key(groups.get(x) or failed[x], x, order)))
+        ranked.index(x)))
     # A system's value: the mean over its seeds of each seed's mean over users.
     means = {(system, j): float(np.mean([c.mean(col.metric)
                                          for c in cells[(col.dataset, col.setting, system)]]))
@@ -412,15 +387,21 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
                   for j in range(len(columns))))
         for system in systems)
 
-    kind = table_kind(name)
+    specs = [sp for sp in dict.fromkeys(settings.find(s) for _, s in ds_keys) if sp is not None]
+    paper = {sp.paper_table for sp in specs}
     published = None
     if reference == "paper":
-        if kind is None:
-            raise ValueError(f"table {name!r} matches no paper table (warm, new-item, few-shot)")
-        published = paper_reference.published_block(paper_reference.TABLE_FOR_KIND[kind])
-    caption = _caption(name, kind, columns, rows, len(comparisons), alpha, metrics,
-                       _notes_text(notes), ds_keys)
-    return Table(name, kind, columns, rows, comparisons, caption, alpha, published)
+        if len(paper) != 1 or None in paper:
+            raise ValueError(f"table {name!r} matches no paper table: its settings "
+                             f"({', '.join(sorted({s for _, s in ds_keys}))}) name "
+                             f"{', '.join(sorted(map(str, paper))) or 'none'}")
+        published = paper_reference.published_block(next(iter(paper)))
+    width = {r.n_candidates for r in results if r.n_candidates}
+    n_cand = width.pop() if len(width) == 1 else ProtocolOptions().n_candidates
+    caption = _caption(name, specs, columns, rows, len(comparisons), alpha, metrics,
+                       _notes_text(notes), ds_keys, n_cand)
+    return Table(name, next(iter(paper)) if len(paper) == 1 else None, columns, rows,
+                 comparisons, caption, alpha, published)
 
 
 def _files_text(cands: tuple[Candidates, ...]) -> str:
@@ -430,8 +411,9 @@ def _files_text(cands: tuple[Candidates, ...]) -> str:
                      f"{', '.join(map(str, k.seeds))}; {k.n_users} users)" for k in cands)
 
 
-def _caption(name, kind, columns, rows, n_tests, alpha, metrics, notes, ds_keys) -> str:
-    what = KIND_TEXT.get(kind, name) if kind else name
+def _caption(name, specs, columns, rows, n_tests, alpha, metrics, notes, ds_keys,
+             n_cand) -> str:
+    what = "; ".join(dict.fromkeys(sp.title for sp in specs)) or name
     files = {(c.dataset, c.setting): c.candidates for c in columns}
     cands, done = [], set()
     for d, s in ds_keys:  # one entry per dataset when all its settings share candidates
@@ -453,9 +435,9 @@ def _caption(name, kind, columns, rows, n_tests, alpha, metrics, notes, ds_keys)
                           if not r.failed)
     parts = [
         f"Table {name}: {what}.",
-        _PROTOCOL_TEXT.get(kind, _PROTOCOL_TEXT["warm"]),
-        "each test user ranks 1 positive + 29 sampled negatives (30 candidates); "
-        "tie rule: expected value over tied orderings; "
+        *dict.fromkeys(sp.protocol for sp in specs),
+        f"each test user ranks 1 positive + {n_cand - 1} sampled negatives ({n_cand} "
+        "candidates); tie rule: expected value over tied orderings; "
         f"metrics {', '.join(metrics)}, mean over users.",
         f"Candidates sha256 (first 12 hex): {'; '.join(cands)}.",
         f"Seeds: {seeds}; a value is the mean over seeds.",
@@ -469,17 +451,6 @@ def _caption(name, kind, columns, rows, n_tests, alpha, metrics, notes, ds_keys)
         parts.append("Reference rows are sanity floors, not compared.")
     parts += [n if n.endswith(".") else n + "." for n in notes]
     return " ".join(parts)
-
-
-_PROTOCOL_TEXT = {
-    "warm": "Protocol: leave-one-out split (last interaction = test, second-to-last = "
-            "validation);",
-    "new-item": "Protocol: new-item split (a seeded share of items is removed from all training "
-            "and validation data; test positives and negatives are drawn from those unseen "
-            "items; the last remaining interaction = validation);",
-    "few-shot": "Protocol: leave-one-out split, training on a seeded, nested share of the "
-               "training samples (validation and test as in warm);",
-}
 
 
 # ----------------------------------------------------------------------------- writing

@@ -16,6 +16,7 @@ from baselines.recformer import RecFormer
 from baselines.unisrec import MoEAdaptor, UniSRec, item_drop
 from baselines.vqrec import VQRec, effective_bits, fit_pq
 from bench.api import ScoreRequest, TrainData, UserSequence, Validation
+from bench.testing import check_system
 
 GENRES = {
     "space": ["galaxy", "rocket", "alien", "orbit", "planet", "star"],
@@ -259,16 +260,14 @@ def test_p5_scores_exactly_the_candidate_id_strings(toy, workdir, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("cls", [UniSRec, VQRec, RecFormer, P5])
 def test_systems_score_cold_candidates_deterministically(cls, toy, workdir):
+    """The contract (bench.testing.check_system): the second instance reuses the first
+    one's pretrained weights from the store, and must score exactly as it did."""
     data, valid, test, _ = toy
-    a = make(cls, 0, workdir)
-    a.fit(data, valid)
-    s1 = a.score(test)
-    b = make(cls, 0, workdir)  # reuses the cached pretrained weights
-    b.fit(data, valid)
-    assert s1.shape == (len(test), 30) and np.isfinite(s1).all()
-    assert np.array_equal(s1, b.score(test))
-    assert a.describe().get("pretrained")
-    assert s1.std(axis=1).min() > 0  # cold candidates get distinct scores
+    checked = check_system(cls, config={**cls.config_for("smoke"), **TINY[cls]},
+                           domain=(data, valid, test), workdir=workdir)
+    assert np.isfinite(checked.scores).all()
+    assert checked.system.describe().get("pretrained")
+    assert checked.scores.std(axis=1).min() > 0  # cold candidates get distinct scores
 
 
 @pytest.mark.slow

@@ -9,9 +9,10 @@ import shutil
 import pytest
 
 from bench.cli import main
-from bench.report import DamagedCells, rebuild
 from bench.results import DamagedCell, load_cell
 from bench.runner import run_table
+from bench.stored import DamagedCells
+from reports.publish import publish_table, rebuild
 
 QUIET = {"log": lambda s: None}
 
@@ -19,7 +20,7 @@ QUIET = {"log": lambda s: None}
 @pytest.fixture(scope="module")
 def pristine(tmp_path_factory):
     out = tmp_path_factory.mktemp("cells") / "run"
-    run_table("warm", "smoke", out, systems=["Random", "Pop"], **QUIET)
+    publish_table("warm", "smoke", out, systems=["Random", "Pop"], **QUIET)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import http.server
 import io
@@ -14,8 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from protocols import datasets as ds
 from protocols import download as dl
-from protocols.download import DownloadError, RemoteFile, Source, download_dataset
+from protocols.datasets import DatasetSpec, RemoteFile
+from protocols.download import DownloadError, download_dataset
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -88,7 +91,9 @@ def _serve(root: Path, url_path: str, data: bytes) -> None:
 
 
 def _add_source(monkeypatch: pytest.MonkeyPatch, name: str, *files: RemoteFile) -> None:
-    monkeypatch.setitem(dl.SOURCES, name, Source(name, files, "https://example.org/"))
+    """Register a dataset spec for the test (a dataset is one spec)."""
+    monkeypatch.setitem(ds.BUILTIN, name, DatasetSpec(name, files=files,
+                                                      homepage="https://example.org/"))
 
 
 def test_full_download_verifies_and_extracts(server, tmp_path, monkeypatch):
@@ -158,7 +163,7 @@ def test_corrupt_partial_file_is_restarted_once(server, tmp_path, monkeypatch):
 
 
 def test_first_download_records_sha256_and_later_ones_verify(server, tmp_path):
-    """A real SOURCES entry with no published checksum: trust on first use."""
+    """A real spec's files with no published checksum: trust on first use."""
     base, root, _ = server
     path = "/data/amazon/productGraph/categoryFiles/"
     _serve(root, path + "reviews_Beauty_5.json.gz", b"reviews v1")
@@ -217,11 +222,13 @@ def test_zip_escaping_folder_is_rejected(server, tmp_path, monkeypatch):
 
 def test_sources_cover_paper_datasets():
     for cat in ("Beauty", "Toys_and_Games", "Sports_and_Outdoors", "Video_Games"):
-        files = [f.filename for f in dl.SOURCES[f"amazon2014-{cat}"].files]
+        files = [f.filename for f in ds.download_source(f"amazon2014-{cat}").files]
         assert files == [f"reviews_{cat}_5.json.gz", f"meta_{cat}.json.gz"]
-    assert len([k for k in dl.SOURCES if k.startswith("amazon2014-")]) == 11
-    assert dl.SOURCES["ml-1m"].files[0].sha256 is not None
-    assert all(f.extract for k in ("ml-1m", "ml-10m") for f in dl.SOURCES[k].files)
+    assert len([k for k in ds.downloadable() if k.startswith("amazon2014-")]) == 11
+    assert ds.download_source("ml-1m").files[0].sha256 is not None
+    assert all(f.extract for k in ("ml-1m", "ml-10m") for f in ds.download_source(k).files)
+    assert ds.download_source("amazon2014-Unlisted") is None  # loads, but is not fetched
+    assert ds.download_source("ml-100k") is None  # embedded
 
 
 def test_downloaded_folder_feeds_the_loaders(server, tmp_path, monkeypatch):
@@ -244,9 +251,9 @@ def test_downloaded_folder_feeds_the_loaders(server, tmp_path, monkeypatch):
     payload = _zip_bytes({"ml-1m/ratings.dat": b"1::10::5::100\n",
                           "ml-1m/movies.dat": "10::Amélie (2001)::Comedy\n".encode("latin-1")})
     _serve(root, "/datasets/movielens/ml-1m.zip", payload)
-    official = dl.SOURCES["ml-1m"].files[0]
-    monkeypatch.setitem(dl.SOURCES, "ml-1m", Source("ml-1m", (RemoteFile(
-        official.url, sha256=hashlib.sha256(payload).hexdigest(), extract=True),), "x"))
+    spec = ds.BUILTIN["ml-1m"]
+    monkeypatch.setitem(ds.BUILTIN, "ml-1m", dataclasses.replace(spec, files=(RemoteFile(
+        spec.files[0].url, sha256=hashlib.sha256(payload).hexdigest(), extract=True),)))
     folder = download_dataset("ml-1m", tmp_path, base_url=base, progress=False)
     data = load_movielens_dat(folder, "ml-1m")
     assert data.titles == {"10": "Amélie (2001)"} and len(data) == 1

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 from bench import profiles, registry
-from bench.runner import run_table
+from reports.publish import publish_table
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("table", ["warm", "cold"])
 def test_smoke_table_has_every_default_system(tmp_path_factory, table):
     out = tmp_path_factory.getbasetemp() / "e2e"  # shared: the general modules are reused
-    res = run_table(table, "smoke", out, log=lambda s: None)
+    res = publish_table(table, "smoke", out, log=lambda s: None)
     md = (out / f"{table}.md").read_text()
     for name in profiles.DEFAULT_SYSTEMS:
         cls = registry.resolve(name)

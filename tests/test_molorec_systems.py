@@ -8,6 +8,8 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from bench.api import check_scores
+from bench.testing import check_system
 from molorec import lora as L
 from molorec import systems as S
 from molorec.testing import micro_config, synthetic
@@ -32,10 +34,6 @@ def shared_work(tmp_path_factory) -> str:
     return str(tmp_path_factory.mktemp("molorec-work"))
 
 
-def _check_scores(scores: np.ndarray, n: int) -> None:
-    assert scores.shape == (n, 30) and np.isfinite(scores).all()
-
-
 @pytest.mark.slow  # ~20 s alone, more on a loaded machine
 def test_general_module_is_reused_for_a_second_target_domain(tmp_path, train_calls):
     a = synthetic(dataset="domain-a", seed=0)
@@ -44,7 +42,7 @@ def test_general_module_is_reused_for_a_second_target_domain(tmp_path, train_cal
     work = str(tmp_path)
     g = S.MoLoRecG(micro_config("molorec-g"), 0, work)
     g.fit(a[0], a[1])
-    _check_scores(g.score(a[2]), len(a[2]))
+    assert np.isfinite(check_scores(g.score(a[2]), a[2], "MoLoRec-G")).all()
     assert train_calls == {"general": 1}
     general_dirs = list((tmp_path / "molorec" / "lora-general").iterdir())
     mtime = (general_dirs[0] / "adapter_model.safetensors").stat().st_mtime_ns
@@ -53,7 +51,7 @@ def test_general_module_is_reused_for_a_second_target_domain(tmp_path, train_cal
     m.train_artifacts(b[0])  # what `python -m molorec.train` does before a table run
     assert train_calls == {"general": 1, "specific": 1}
     m.fit(b[0], b[1])
-    _check_scores(m.score(b[2]), len(b[2]))
+    assert np.isfinite(check_scores(m.score(b[2]), b[2], "MoLoRec")).all()
     assert train_calls == {"general": 1, "specific": 1}  # general reused, not retrained
     assert list((tmp_path / "molorec" / "lora-general").iterdir()) == general_dirs
     assert (general_dirs[0] / "adapter_model.safetensors").stat().st_mtime_ns == mtime
@@ -77,7 +75,7 @@ def test_molorec_entropy_mode_is_deterministic_and_described(shared_work):
         runs.append((m.score(test), m.describe()))
     np.testing.assert_array_equal(runs[0][0], runs[1][0])
     info = runs[0][1]
-    _check_scores(runs[0][0], len(test))
+    assert np.isfinite(check_scores(runs[0][0], test, "MoLoRec")).all()
     assert info["mixture_method"] == "entropy" and info["ranking_mode"] == "score"
     assert info["adapters_order"] == ["general", "specific"]
     layers = info["weights_by_layer"]
@@ -98,7 +96,7 @@ def test_molorec_grid_and_fixed(shared_work):
     best = float(max(info["grid_valid"], key=lambda w: info["grid_valid"][w]))
     assert all(w == pytest.approx([best, 1 - best], abs=1e-6)
                for w in info["weights_by_layer"].values())
-    _check_scores(m.score(test), len(test))
+    assert np.isfinite(check_scores(m.score(test), test, "MoLoRec")).all()
     f = S.MoLoRec(micro_config("molorec", mixture={"method": "fixed", "fixed": [0.2, 0.8]}),
                   0, shared_work)
     f.fit(data, valid)
@@ -110,23 +108,22 @@ def test_molorec_grid_and_fixed(shared_work):
 
 
 def test_backbone_tallrec_and_generate_mode(shared_work):
+    """The contract (bench.testing.check_system) for the zero-shot row, TALLRec, and a
+    generate-mode row that may abstain."""
     data, valid, test, positives = synthetic()
-    bb = S.Backbone(micro_config("backbone"), 0, shared_work)
+    domain = (data, valid, test)
+    bb = check_system(S.Backbone, config=micro_config("backbone"), domain=domain,
+                      workdir=shared_work).system
     assert bb.label == "TinyQwen2" and S.Backbone.name == "Backbone"
-    bb.fit(data, valid)
-    _check_scores(bb.score(test), len(test))
 
-    t = S.TALLRec(micro_config("tallrec"), 0, shared_work)
-    t.fit(data, valid)
-    _check_scores(t.score(test), len(test))
+    check_system(S.TALLRec, config=micro_config("tallrec"), domain=domain, workdir=shared_work)
     assert S.TALLRec.group == "LLM-Based" and S.MoLoRec.group == "Ours"
 
-    g = S.MoLoRecS(micro_config("molorec-s", ranking={"mode": "generate",
-                                                      "max_new_tokens": 8}), 0, shared_work)
-    g.fit(data, valid)
-    scores = g.score(test)
+    checked = check_system(S.MoLoRecS, config=micro_config(
+        "molorec-s", ranking={"mode": "generate", "max_new_tokens": 8}), domain=domain,
+        workdir=shared_work)
+    g, scores = checked.system, checked.scores
     invalid = np.isnan(scores).all(1)  # abstentions: rows naming no candidate
-    _check_scores(scores[~invalid], int((~invalid).sum()))
     assert set(np.unique(scores[~invalid])) <= {0.0, 1.0}
     assert (scores[~invalid].sum(1) == 1).all()
     assert not np.isnan(scores[~invalid]).any()

@@ -11,9 +11,9 @@ import pytest
 from bench import registry
 from bench.api import System
 from bench.cli import main
-from bench.report import rebuild
 from bench.runner import run_table
 from protocols.errors import OptionError
+from reports.publish import rebuild
 
 QUIET = {"log": lambda s: None}
 
@@ -56,12 +56,12 @@ def test_duplicate_systems_are_refused(tmp_path, systems):
 
 
 def test_row_label_is_a_name_and_suggestions_cover_close_names():
-    assert registry.canonical("TinyQwen2", "cpu") == "Backbone"
+    assert registry.canonical("TinyQwen2", "smoke") == "Backbone"
     assert registry.canonical("tinyqwen2") == "Backbone"
     for typo, want in (("gru4rek", "GRU4Rec"), ("bprmf", "BPR-MF"), ("SasRek", "SASRec"),
                        ("TinyQwen", "TinyQwen2")):
         with pytest.raises(registry.UnknownSystem, match=f"Did you mean '{want}"):
-            registry.canonical(typo, "cpu")
+            registry.canonical(typo, "smoke")
 
 
 def test_plugin_clashing_with_a_builtin_is_refused(monkeypatch, capsys):

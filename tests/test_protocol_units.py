@@ -8,7 +8,7 @@ import pytest
 from protocols.build import build_protocol
 from protocols.errors import ProtocolError
 from protocols.files import load_protocol
-from protocols.sampling import sample_negatives
+from protocols.sampling import candidate_negatives
 from protocols.titles import SEPARATOR, normalize_title, unique_titles
 from tests.conftest import write_atomic_dataset
 
@@ -111,7 +111,7 @@ def test_sampler_uniform_and_exclusive():
     n_items, k = 40, 29
     seen = np.array([0 * n_items + i for i in range(5)], dtype=np.int64)  # user 0 saw 0..4
     users = np.zeros(4000, dtype=np.int64)
-    neg = sample_negatives(np.random.default_rng(0), users, np.arange(n_items), seen, n_items, k)
+    neg = candidate_negatives(np.random.default_rng(0), users, np.arange(n_items), seen, n_items, k)
     assert neg.shape == (4000, k)
     assert all(len(set(r)) == k for r in neg[:50])
     counts = np.bincount(neg.ravel(), minlength=n_items)
@@ -123,7 +123,7 @@ def test_sampler_uniform_and_exclusive():
 def test_sampler_refuses_small_pool():
     seen = np.arange(20, dtype=np.int64)
     with pytest.raises(ProtocolError, match="negatives are needed"):
-        sample_negatives(np.random.default_rng(0), np.array([0]), np.arange(40), seen, 40)
+        candidate_negatives(np.random.default_rng(0), np.array([0]), np.arange(40), seen, 40)
 
 
 def test_existing_output_replaced_only_on_success(tmp_path):

@@ -16,7 +16,7 @@ from bench.results import CellResult
 from protocols.stats import holm, paired_ttest
 from reports import paper_reference as P
 from reports.render import escape_latex, escape_markdown
-from reports.tables import build_table, render_all, table_kind
+from reports.tables import build_table, render_all
 
 HASH = "a1b2c3d4e5f6" + "0" * 52
 PAPER_TXT = Path("/work/shared/seeds/molorec-paper.txt")
@@ -135,7 +135,7 @@ def test_tied_runners_up_tested_conservatively():
 def test_reference_rows_apart_and_never_marked():
     res = [cell("Pop", "Reference", BASE + 0.3), cell("Random", "Reference", BASE * 0 + 1 / 30),
            cell("SASRec", "Traditional", BASE), cell("MoLoRec", "Ours", with_t(BASE, 6.0))]
-    t = build_table(res)
+    t = build_table(res, order=["Random", "Pop", "SASRec", "MoLoRec"])
     assert [r.system for r in t.rows] == ["SASRec", "MoLoRec", "Random", "Pop"]
     assert all(c.mark == "" and not c.star for c in row(t, "Pop").cells)
     assert row(t, "MoLoRec").cells[0].mark == "best"
@@ -148,20 +148,24 @@ def test_reference_rows_apart_and_never_marked():
     assert tex.index(r"\midrule" + "\nReference (not compared)") > tex.index("MoLoRec")
 
 
-def test_groups_without_systems_dropped_and_canonical_order():
+def test_groups_without_systems_dropped_and_rows_in_the_given_order():
+    """reports knows no system: rows follow `order` (the registry's, from the caller),
+    then the order the results came in."""
     res = [cell(s, g, BASE + k * 0.01) for k, (s, g) in enumerate([
         ("MoLoRec", "Ours"), ("MyPlugin", "Traditional"), ("SASRec", "Traditional"),
-        ("MoLoRec-G", "Ours"), ("BPR-MF", "Traditional"), ("Backbone (zero-shot)", "LLM-Based"),
+        ("MoLoRec-G", "Ours"), ("BPR-MF", "Traditional"), ("Gemma3-270M", "LLM-Based"),
         ("TALLRec", "LLM-Based"), ("AnotherPlugin", "Traditional")])]
     t = build_table(res)
     assert [r.system for r in t.rows] == [
-        "BPR-MF", "SASRec", "AnotherPlugin", "MyPlugin", "Backbone (zero-shot)", "TALLRec",
-        "MoLoRec-G", "MoLoRec"]
+        "MyPlugin", "SASRec", "BPR-MF", "AnotherPlugin", "Gemma3-270M", "TALLRec", "MoLoRec",
+        "MoLoRec-G"]
     assert [g for g, _ in t.groups()] == ["Traditional", "LLM-Based", "Ours"]
     assert "Transferable" not in t.to_markdown() and "Transferable" not in t.to_latex()
-    t2 = build_table(res, order=["MyPlugin", "SASRec", "MoLoRec"])
-    assert [r.system for r in t2.rows][:4] == ["MyPlugin", "SASRec", "BPR-MF", "AnotherPlugin"]
-    assert [r.system for r in t2.rows][-2:] == ["MoLoRec", "MoLoRec-G"]
+    t2 = build_table(res, order=["BPR-MF", "SASRec", "Gemma3-270M", "TALLRec", "MoLoRec-G",
+                                 "MoLoRec"])
+    assert [r.system for r in t2.rows] == [
+        "BPR-MF", "SASRec", "MyPlugin", "AnotherPlugin", "Gemma3-270M", "TALLRec", "MoLoRec-G",
+        "MoLoRec"]
 
 
 # ----------------------------------------------------------------------------- aggregation
@@ -192,13 +196,12 @@ def test_fewshot_columns_by_setting_and_hash_listed_once():
                                                   ("MoLoRec", "Ours", HIGH))]
     t = build_table(res, metrics=["NDCG@1"])
     assert [c.setting for c in t.columns] == ["fewshot-10", "fewshot-20", "fewshot-100"]
-    assert t.column_label(0) == "ml-100k (fewshot-10) NDCG@1"
+    # registered settings are labelled by their spec; an unregistered one is named
+    assert [t.column_label(j) for j in range(3)] == [
+        "ml-100k 10% NDCG@1", "ml-100k 20% NDCG@1", "ml-100k (fewshot-100) NDCG@1"]
     assert t.caption.count(HASH[:12]) == 1 and len(t.comparisons) == 3
-    # the runner's style: the sample % folded into the dataset name (one setting each)
-    renamed = build_table([cell("MoLoRec", "Ours", BASE, table="fewshot", setting=f"fewshot-{k}",
-                                dataset=f"ml-100k {k}%") for k in (100, 20, 10)])
-    assert [renamed.column_label(j) for j in (0, 2, 4)] == [
-        "ml-100k 10% NDCG@1", "ml-100k 20% NDCG@1", "ml-100k 100% NDCG@1"]
+    assert t.caption.startswith("Table fewshot: few-shot training (the paper's Table 3")
+    assert t.caption.count("Protocol:") == 1
 
 
 def test_paper_datasets_in_paper_column_order():
@@ -368,8 +371,12 @@ def test_paper_block_only_beside_ours():
                       reference="paper")
     assert "Published (paper, Table 3)" in few.to_markdown() and "0.5353" in few.to_markdown()
     with pytest.raises(ValueError, match="no paper table"):
-        build_table([cell("A", "Ours", BASE, table="ablation")], reference="paper")
-    assert table_kind("new-item") == table_kind("cold") == "new-item"
+        build_table([cell("A", "Ours", BASE, table="ablation", setting="ablation")],
+                    reference="paper")
+    # the setting decides, whatever the table is called
+    named = build_table([cell("A", "Ours", BASE, table="table-2", setting="cold")],
+                        reference="paper")
+    assert named.published["title"] == "Published (paper, Table 2)"
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,7 @@ from bench import registry
 from bench.api import System
 from bench.results import load_cell, recompute_from_scores
 from bench.runner import run_table
+from reports.publish import publish_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def small_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    res = run_table("warm", "smoke", out, systems=["Random", "Pop"], log=lambda s: None)
+    res = publish_table("warm", "smoke", out, systems=["Random", "Pop"], log=lambda s: None)
     return out, res
 
 
@@ -182,6 +183,11 @@ def test_plugin_installs_lists_and_runs(tmp_path):
     assert "ItemCoOccurrence" in (out / "warm.md").read_text()
     cell = load_cell(out / "cells" / "ml-100k" / "warm" / "ItemCoOccurrence" / "seed-0")
     assert cell.group == "Traditional" and len(cell.users) > 10
+    # the plugin's own test: the contract check the README's guide asks for
+    checked = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                              str(ROOT / "examples" / "plugin" / "tests")], capture_output=True,
+                             text=True, cwd=tmp_path, env=env, timeout=300)
+    assert checked.returncode == 0, checked.stdout[-2000:]
 
 
 def test_report_rebuilds_without_training(small_run, tmp_path):

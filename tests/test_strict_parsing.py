@@ -10,8 +10,8 @@ import json
 import numpy as np
 import pytest
 
+from protocols.atomic import load_atomic
 from protocols.build import build_protocol
-from protocols.datasets import load_atomic
 from protocols.errors import ProtocolError
 from protocols.raw_formats import load_amazon2014, load_movielens_dat
 from tests.conftest import write_atomic_dataset

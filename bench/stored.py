@@ -1,7 +1,7 @@
-"""`bench report`: rebuild tables from stored cells, without training anything.
+"""The cells and failure records stored under `--out`, as `bench report` reads them.
 
 Every cell is verified first (`bench.results.load_cell`: recorded hashes, metrics
-recomputed from scores); a damaged cell is named and the report refused, never used.
+recomputed from scores); a damaged cell is named and refused, never used.
 """
 
 from __future__ import annotations
@@ -10,11 +10,10 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import outdir, registry
-from bench.profiles import TABLE_SETTINGS
+from bench import registry
 from bench.results import CellResult, DamagedCell, load_cell
-from bench.runner import _slug, caption_notes, failure_note, failures_path
-from protocols.errors import HarnessError, OutputError
+from bench.runner import _slug, failures_path
+from protocols.errors import HarnessError
 
 
 class DamagedCells(HarnessError, ValueError):
@@ -72,7 +71,8 @@ def stored_cells(out: Path, log: Callable[[str], None] = print) -> list[CellResu
     return _dedupe(found, log)
 
 
-def _failed(out: Path, table: str, log: Callable[[str], None]) -> list[dict]:
+def stored_failures(out: Path, table: str, log: Callable[[str], None]) -> list[dict]:
+    """The failed cells `table`'s last run recorded (their rows stay marked failed)."""
     path = failures_path(out, table)
     if not path.exists():
         return []
@@ -82,42 +82,6 @@ def _failed(out: Path, table: str, log: Callable[[str], None]) -> list[dict]:
     except (ValueError, TypeError) as e:
         log(f"warning: {path} is not readable ({e}); failed rows are not marked")
         return []
-
-
-def rebuild(out: Path, table: str | None = None, reference: str | None = None,
-            log: Callable[[str], None] = print) -> list[dict[str, Path]]:
-    """Render each requested table from the verified cells stored under `out`; rows
-    whose system failed in the table's last run are marked failed."""
-    from reports.tables import render_all
-
-    out = Path(out)
-    if not out.is_dir():
-        raise OutputError(f"--out {out} does not exist; run `python -m bench run --out {out}` "
-                          "first")
-    cells = stored_cells(out, log)
-    if not cells:
-        raise OutputError(f"no stored cells under {out}/cells; run `python -m bench run --out "
-                          f"{out}` first")
-    outdir.claim(out)
-    tables = [table] if table else [t for t in TABLE_SETTINGS
-                                    if any(c.setting in TABLE_SETTINGS[t] for c in cells)]
-    written = []
-    for t in tables:
-        failed = _failed(out, t, log)
-        labels = {f["label"] for f in failed}
-        chosen = [c for c in cells if c.setting in TABLE_SETTINGS[t] and c.system not in labels]
-        if not chosen:
-            raise OutputError(f"no stored cells for table {t!r} under {out}; run `python -m "
-                              f"bench run --table {t} --out {out}` first")
-        if t == "fewshot":
-            for c in chosen:
-                c.dataset = f"{c.dataset} {c.setting.split('-')[1]}%"
-        notes = caption_notes(chosen)
-        if failed:
-            notes.append(failure_note((f["label"], f["error"]) for f in failed))
-        written.append(render_all(chosen, out, t, reference=reference, notes=notes,
-                                  failed={f["label"]: f["group"] for f in failed}))
-    return written
 
 
 def describe_cells(out: Path) -> str:

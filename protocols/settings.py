@@ -1,0 +1,102 @@
+"""Settings (warm, cold, few-shot...): each one `SettingSpec`, registered like systems.
+
+A spec is the one place that knows a setting's split function, the table it is a column
+group of, and what the table caption says about it. Adding a setting is one spec (here,
+or in a plugin under the entry-point group `molorec_bench.settings`) plus its test; the
+command line, the runner and the tables read the registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+from protocols import splits
+from protocols.errors import ProtocolError
+from protocols.interactions import Interactions
+from protocols.options import ProtocolOptions
+from protocols.registry import Registry, spec_of
+
+ENTRY_POINT_GROUP = "molorec_bench.settings"
+SplitFn = Callable[[Interactions, int, ProtocolOptions], splits.Split]
+
+
+@dataclass(frozen=True)
+class SettingSpec:
+    name: str  # what `--setting` and the protocol manifest say
+    table: str  # the `--table` whose columns it makes (tables group settings)
+    split: SplitFn  # (target-domain interactions, seed, options) -> the split
+    title: str  # the caption's name for it: "Table <table>: <title>."
+    protocol: str  # the caption's protocol sentence (ends with ';')
+    column: str = "{dataset}"  # a column's label under this setting
+    paper_table: str | None = None  # the paper's table it mirrors (reports.paper_reference)
+
+
+def _warm(inter: Interactions, seed: int, options: ProtocolOptions) -> splits.Split:
+    return splits.warm(inter)
+
+
+def _cold(inter: Interactions, seed: int, options: ProtocolOptions) -> splits.Split:
+    return splits.cold(inter, options.cold_fraction, seed, options.negatives)
+
+
+def _fewshot(inter: Interactions, seed: int, options: ProtocolOptions, *,
+             percent: int) -> splits.Split:
+    return splits.fewshot(inter, percent, seed)
+
+
+WARM = SettingSpec(
+    "warm", "warm", _warm, "warm-start (the paper's Table 1 setting)",
+    "Protocol: leave-one-out split (last interaction = test, second-to-last = validation);",
+    paper_table="table1")
+COLD = SettingSpec(
+    "cold", "cold", _cold, "new-item / cold-start (the paper's Table 2 setting)",
+    "Protocol: new-item split (a seeded share of items is removed from all training and "
+    "validation data; test positives and negatives are drawn from those unseen items; the "
+    "last remaining interaction = validation);",
+    paper_table="table2")
+
+
+def fewshot(percent: int) -> SettingSpec:
+    """Warm, training on a seeded, nested `percent` of the training samples."""
+    return SettingSpec(
+        f"fewshot-{percent}", "fewshot", partial(_fewshot, percent=percent),
+        "few-shot training (the paper's Table 3 setting)",
+        "Protocol: leave-one-out split, training on a seeded, nested share of the training "
+        "samples (validation and test as in warm);",
+        column=f"{{dataset}} {percent}%", paper_table="table3")
+
+
+BUILTIN: dict[str, SettingSpec | str] = {
+    "warm": WARM, "cold": COLD,
+    **{f"fewshot-{p}": fewshot(p) for p in (10, 20, 30)},
+}
+
+
+SETTINGS: Registry[SettingSpec] = Registry("setting", ENTRY_POINT_GROUP, BUILTIN,
+                                           spec_of("setting", SettingSpec),
+                                           unknown=ProtocolError)
+
+
+def get(name: str) -> SettingSpec:
+    """The spec registered as `name` (case-insensitive; unknown names get suggestions)."""
+    return SETTINGS.get(name, f"Known: {', '.join(names())}.")
+
+
+def names() -> list[str]:
+    return list(SETTINGS.available())
+
+
+def tables() -> dict[str, tuple[str, ...]]:
+    """Table name -> its settings, in registry order (the order of its columns)."""
+    out: dict[str, tuple[str, ...]] = {}
+    for spec in SETTINGS.items().values():
+        out[spec.table] = (*out.get(spec.table, ()), spec.name)
+    return out
+
+
+def find(name: str) -> SettingSpec | None:
+    """The spec of a setting a stored cell names, or None if it is not registered."""
+    found = SETTINGS.find(name)
+    return SETTINGS.load(found) if found is not None else None

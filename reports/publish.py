@@ -1,0 +1,106 @@
+"""A run's table files, and `bench report`: the same files rebuilt from stored cells.
+
+This is the layer above bench: the runner computes and verifies cells, and here they
+become <table>.md/.tex/.json (reports.tables) with the caption notes the systems supply
+(`caption_note` in describe()), failed rows marked, and rows in registry order. Nothing
+here knows a particular system or setting: the registry and the setting specs do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from bench import outdir, registry
+from bench.results import CellResult
+from bench.runner import TableRun, run_table
+from bench.stored import stored_cells, stored_failures
+from protocols import settings
+from protocols.errors import OutputError
+from reports.tables import render_all
+
+
+def caption_notes(results: Sequence[CellResult]) -> list[str]:
+    """Facts the caption must state that only the cells know: each system may put a
+    `caption_note` in its describe() (the LLM rows name their backbone, backend and
+    ranking mode); equal notes are stated once, in row order."""
+    notes: list[str] = []
+    for r in results:
+        note = r.meta.get("describe", {}).get("caption_note")
+        if note and note not in notes:
+            notes.append(str(note))
+    return notes
+
+
+def failure_note(failures: Iterable[tuple[str, str]]) -> str:
+    """The caption's sentence on failed rows, from (row label, error) pairs."""
+    first: dict[str, str] = {}
+    for label, error in failures:
+        first.setdefault(label, error[:120])
+    return "Failed rows have no values: " + "; ".join(f"{k} ({v})" for k, v in first.items())
+
+
+def render_run(run: TableRun, reference: str | None = None) -> dict[str, Path]:
+    """Write the files of a table run (`bench.runner.run_table(render=...)`)."""
+    notes = caption_notes(run.results)
+    if run.failures:
+        notes.append(failure_note((f.label, f.error) for f in run.failures))
+    return render_all(run.results, run.out, run.table, reference=reference, notes=notes,
+                      order=run.order, failed={f.label: f.group for f in run.failures})
+
+
+def publish_table(table: str, profile: str = "cpu", out: str | Path = "runs/default", *,
+                  reference: str | None = None, **options: Any) -> TableRun:
+    """`python -m bench run`: run every cell of a table (bench.runner.run_table, same
+    options), then write its files."""
+    return run_table(table, profile, out, render=partial(render_run, reference=reference),
+                     **options)
+
+
+def _order(cells: Sequence[CellResult], failed: Sequence[dict]) -> list[str]:
+    """Row labels in registry order (by each cell's class, each failure's system)."""
+    table = registry.available()
+    names, targets = list(table), list(table.values())
+
+    def rank(target: str | None, label: str) -> tuple[int, str]:
+        return (targets.index(target) if target in targets else len(targets), label.lower())
+
+    rows = [(rank(c.meta.get("class"), c.system), c.system) for c in cells]
+    rows += [(rank(table[f["system"]] if f.get("system") in names else None, f["label"]),
+              f["label"]) for f in failed]
+    return list(dict.fromkeys(label for _, label in sorted(rows)))
+
+
+def rebuild(out: Path, table: str | None = None, reference: str | None = None,
+            log: Callable[[str], None] = print) -> list[dict[str, Path]]:
+    """Render each requested table from the verified cells stored under `out`; rows
+    whose system failed in the table's last run are marked failed."""
+    out = Path(out)
+    if not out.is_dir():
+        raise OutputError(f"--out {out} does not exist; run `python -m bench run --out {out}` "
+                          "first")
+    cells = stored_cells(out, log)
+    if not cells:
+        raise OutputError(f"no stored cells under {out}/cells; run `python -m bench run --out "
+                          f"{out}` first")
+    outdir.claim(out)
+    tables = settings.tables()
+    wanted = [table] if table else [t for t, ss in tables.items()
+                                    if any(c.setting in ss for c in cells)]
+    written = []
+    for t in wanted:
+        failed = stored_failures(out, t, log)
+        labels = {f["label"] for f in failed}
+        chosen = [c for c in cells if c.setting in tables.get(t, ()) and c.system not in labels]
+        if not chosen:
+            raise OutputError(f"no stored cells for table {t!r} under {out}; run `python -m "
+                              f"bench run --table {t} --out {out}` first")
+        notes = caption_notes(chosen)
+        if failed:
+            notes.append(failure_note((f["label"], f["error"]) for f in failed))
+        written.append(render_all(chosen, out, t, reference=reference, notes=notes,
+                                  order=_order(chosen, failed),
+                                  failed={f["label"]: f["group"] for f in failed}))
+    return written

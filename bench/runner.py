@@ -164,11 +164,15 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
     _check_cell_dir(cell_dir)
     _prepare(seed, getattr(cls, "multithreaded", False))
     system = cls(config, seed, str(workdir))
-    t0 = time.perf_counter()
-    system.fit(proto.data, proto.valid)
-    t1 = time.perf_counter()
-    scores = score_all(system, proto.test_requests, f"{system_name} scoring")
-    t2 = time.perf_counter()
+    try:
+        t0 = time.perf_counter()
+        system.fit(proto.data, proto.valid)
+        t1 = time.perf_counter()
+        scores = score_all(system, proto.test_requests, f"{system_name} scoring")
+        t2 = time.perf_counter()
+        describe = system.describe()
+    finally:
+        system.close()
     # labels are read only now, after the system has scored
     positives = proto.test_positives()
     users = [r.user for r in proto.test_requests]
@@ -184,7 +188,7 @@ def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_di
         "class": f"{cls.__module__}:{cls.__qualname__}",
         "setting": proto.data.setting, "system": system.label, "group": cls.group, "seed": seed,
         "profile": profile, "config": config, "candidates_sha256": proto.candidates_sha256,
-        "protocol": str(proto_dir), "describe": system.describe(),
+        "protocol": str(proto_dir), "describe": describe,
         "scores_sha256": text_sha256(texts["scores.jsonl"]),
         "metrics_sha256": text_sha256(texts["metrics.jsonl"]),
     }

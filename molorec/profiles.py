@@ -74,9 +74,13 @@ COMMON: dict[str, dict[str, Any]] = {
         "backbone": {"kind": "pretrained", "label": "Qwen2-7B", "path": "Qwen/Qwen2-7B-Instruct",
                      "dtype": "bfloat16", "chat": True},
         "prompt": {"max_len": 2048, "max_history": 20},
-        # on a GPU the repeated-cache batch beats the packed block mask (BENCHMARKS.md)
+        # on a GPU the repeated-cache batch beats the packed block mask (BENCHMARKS.md);
+        # inference on vLLM where it is installed (auto), else transformers with a warning;
+        # vLLM takes 60% of the GPU, leaving room for the transformers copy that MoLoRec
+        # learns its mixture weights on
         "ranking": {"mode": "score", "length_norm": "mean", "sharing": "batch",
-                    "max_new_tokens": 64},
+                    "max_new_tokens": 64, "backend": "auto",
+                    "vllm": {"gpu_memory_utilization": 0.6}},
         "lora": LORA,
         "general": {"max_targets_per_user": 10,
                     "train": {"epochs": 2, "lr": 2e-4, "batch_size": 128,

@@ -23,7 +23,7 @@ from bench.api import ScoreRequest, System, TrainData, Validation
 from molorec import ranking as R
 from molorec import selection as SEL
 from molorec.artifacts import ArtifactBuilder
-from molorec.backends import AnswerRequest, ChoiceRequest, LLMBackend, backend_class
+from molorec.backends import AnswerRequest, ChoiceRequest, LLMBackend, backend_class, resolve
 from molorec.profiles import PROFILES
 from molorec.template import NO, YES, rank_prompt, yes_no_parts
 from molorec.train_loop import seed_everything
@@ -37,6 +37,7 @@ class _LLMSystem(System):
 
     group: ClassVar[str] = "LLM-Based"
     multithreaded: ClassVar[bool] = True  # the runner gives it every core
+    lora_ranks: ClassVar[int] = 1  # adapters summed into the one served (vLLM's max rank)
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)
@@ -79,11 +80,26 @@ class _LLMSystem(System):
         self.titles = dict(data.titles)
         return {"backbone": self.artifacts.ensure_backbone(data)}
 
+    def _backend_options(self, name: str) -> dict[str, Any]:
+        """Engine settings only vLLM takes: the largest adapter rank served (the mixture
+        is one LoRA of rank r_g + r_s), the longest sequence, `ranking.vllm`."""
+        if name != "vllm":
+            return {}
+        if self.vocab_mode != "full":
+            raise ValueError("ranking.backend: vllm scores over the whole vocabulary only; "
+                             "set ranking.vocab: full, or use ranking.backend: hf")
+        rank = self.config.get("ranking", {})
+        r = int(self.config.get("lora", {}).get("r", 0)) * self.lora_ranks
+        return {"max_lora_rank": r, "max_model_len": self.prompting.max_len
+                + self.max_new_tokens, **rank.get("vllm", {})}
+
     def _start_backend(self) -> LLMBackend:
         if self.backend is None:
             t0 = time.perf_counter()
             bb = self.artifacts.backbone
-            self.backend = backend_class(self.backend_name)(bb, sharing=self.sharing)
+            name = resolve(self.backend_name)
+            self.backend = backend_class(name)(bb, sharing=self.sharing,
+                                               **self._backend_options(name))
             self.info.update(self.backend.describe())
             self.info.setdefault("seconds", {})["backend_start"] = round(
                 time.perf_counter() - t0, 1)
@@ -173,6 +189,8 @@ class _LLMSystem(System):
     def caption_note(self) -> str:
         """What the table caption says about the LLM rows (equal for rows that agree)."""
         backend = f"{self.info.get('backend', self.backend_name)} backend"
+        if self.info.get("vllm"):
+            backend = f"vllm {self.info['vllm']} backend"
         if self.info.get("compute"):
             backend += f", {self.info['compute']}"
         how = {"score": "score mode: mean log-likelihood per answer token of each title"
@@ -183,12 +201,20 @@ class _LLMSystem(System):
         return (f"LLM rows run on {self.info.get('backbone', '?')} ({backend}) and rank the "
                 f"30 candidates in {how}; TALLRec by logit(Yes) - logit(No)")
 
+    def close(self) -> None:
+        """Free the backends (a vLLM engine holds its memory until closed)."""
+        for attr in ("backend", "_hf"):
+            if (backend := getattr(self, attr, None)) is not None:
+                backend.close()
+                setattr(self, attr, None)
+
 
 class Backbone(_LLMSystem):
     """The backbone zero-shot: the same prompts and ranking, no adapter."""
 
     name: ClassVar[str] = "Backbone"
     group: ClassVar[str] = "LLM-Based"
+    lora_ranks: ClassVar[int] = 0
     profiles = PROFILES["backbone"]
 
     @property
@@ -293,6 +319,7 @@ class MoLoRec(_MoLoRecBase):
 
     name: ClassVar[str] = "MoLoRec"
     profiles = PROFILES["molorec"]
+    lora_ranks: ClassVar[int] = 2
 
     def train_artifacts(self, data: TrainData) -> dict[str, Any]:
         arts = super().train_artifacts(data)

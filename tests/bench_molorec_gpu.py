@@ -80,6 +80,77 @@ def test_gpu_scoring(benchmark, model, sharing):
                            warmup_rounds=1)
 
 
+# -- HF against vLLM (needs vLLM as well; before the mixture tests, which install the
+# mixture into the shared model) ----------------------------------------------------------
+# users per second = N_REQUESTS / mean time. vLLM runs the same shape with dummy weights
+# (`load_format="dummy"`: config only, no checkpoint); the score-mode LoRA is a random
+# rank-32 adapter on every linear layer, the size of MoLoRec's concatenated mixture.
+NEVER = 152064 + 1  # an end-of-sequence id outside the vocabulary: every answer is 64 long
+
+
+@pytest.fixture(scope="class")
+def vllm_backend(model, tmp_path_factory):
+    from molorec import adapters as A
+    from molorec.backbone import Backbone
+    from molorec.backends import backend_class
+    from molorec.backends.vllm import available
+
+    if not available():
+        pytest.skip("needs vLLM")
+    path = tmp_path_factory.mktemp("qwen2-7b-shape")
+    model.config.save_pretrained(path)
+    adapter = _adapter(model, "mixture", 3, r=32)
+    lora = A.save_peft(A.Adapter("mixture", 1.0, {m: (a.cpu(), b.cpu()) for m, (a, b)
+                                                  in adapter.weights.items()}),
+                       tmp_path_factory.mktemp("lora"), str(path))
+    bb = Backbone(str(path), "bench", "Qwen2-7B shape", "bfloat16", False, "auto")
+    be = backend_class("vllm")(bb, max_lora_rank=32, max_model_len=2048 + 64,
+                               load_format="dummy", skip_tokenizer_init=True,
+                               gpu_memory_utilization=0.45)
+    yield be, lora
+    be.close()
+
+
+class TestHFvsVLLM:
+    """One engine for both tests, closed (class scope) before the mixture tests."""
+
+    @pytest.mark.parametrize("variant", ["hf batch", "vllm", "vllm + rank-32 LoRA"])
+    def test_gpu_score(self, benchmark, model, vllm_backend, variant):
+        from molorec.backends import AnswerRequest
+
+        benchmark.group = f"GPU score mode, HF vs vLLM: {N_REQUESTS} users x 30 candidates"
+        benchmark.extra_info["users"] = N_REQUESTS
+        reqs = [AnswerRequest(tuple(p), tuple(tuple(a) for a in ans)) for p, ans in _cases(4)]
+        if variant == "hf batch":
+            with torch.no_grad():
+                benchmark.pedantic(_score_all, args=(model, _cases(4), "batch"), rounds=3,
+                                   iterations=1, warmup_rounds=1)
+            return
+        be, lora = vllm_backend
+        be.set_adapter(lora if "LoRA" in variant else None)
+        benchmark.pedantic(be.answer_logprobs, args=(reqs,), rounds=3, iterations=1,
+                           warmup_rounds=1)
+
+    @pytest.mark.parametrize("variant", ["hf", "vllm"])
+    def test_gpu_generate(self, benchmark, model, vllm_backend, variant):
+        benchmark.group = f"GPU generate mode, HF vs vLLM: {N_REQUESTS} users x 64 greedy tokens"
+        benchmark.extra_info["users"] = N_REQUESTS
+        prompts = [p for p, _ in _cases(5)]
+        if variant == "hf":
+            def run():
+                with torch.no_grad():
+                    for p in prompts:
+                        R.greedy_decode(model, p, 64, NEVER)
+                torch.cuda.synchronize()
+        else:
+            be, _ = vllm_backend
+            be.set_adapter(None)
+
+            def run():
+                be.generate(prompts, 64, NEVER)
+        benchmark.pedantic(run, rounds=1, iterations=1, warmup_rounds=1)
+
+
 def _adapter(model, name, seed, r=16):
     g = torch.Generator(device="cuda").manual_seed(seed)
     w = {}
@@ -119,3 +190,4 @@ def test_gpu_entropy_step(benchmark, model):
         torch.cuda.synchronize()
 
     benchmark.pedantic(run, rounds=1, iterations=1)
+

@@ -63,12 +63,16 @@ def test_rerun_uses_cache_and_force_recomputes(small_run):
 class _Exploding(System):
     name = "Exploding"
     profiles = {"smoke": {}, "cpu": {}, "paper": {}}
+    closed: list[int] = []
 
     def fit(self, data, valid):
         pass
 
     def score(self, requests):
         raise RuntimeError("boom")
+
+    def close(self):
+        self.closed.append(self.seed)
 
 
 class _Peeking(System):
@@ -136,6 +140,7 @@ def test_crash_leaves_no_half_written_cell(tmp_path, monkeypatch):
     monkeypatch.setitem(registry.BUILTIN, "Exploding", f"{__name__}:_Exploding")
     res = run_table("warm", "smoke", tmp_path, systems=["Exploding"], log=lambda s: None)
     assert res.failures[0].error == "RuntimeError: boom"
+    assert _Exploding.closed == [0]  # what fit() loaded is freed even when scoring fails
     cell = tmp_path / "cells" / "ml-100k" / "warm" / "Exploding"
     assert not (cell / "seed-0").exists()
     assert not [p for p in cell.parent.rglob("*") if ".partial-" in p.name]

@@ -13,12 +13,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from molorec import ranking as R
 from molorec.adapters import load_peft
 from molorec.backbone import Backbone
 from molorec.backends.base import AnswerRequest, ChoiceRequest, LLMBackend
 from molorec.lm import autocast, device_of, resolve_compute
+
+
+def _progress(items: Sequence, desc: str):
+    """A per-user progress bar where a batch takes long enough to want one."""
+    return tqdm(items, desc=desc, unit="user", leave=False, disable=len(items) < 32)
 
 
 class HFBackend(LLMBackend):
@@ -66,18 +72,19 @@ class HFBackend(LLMBackend):
                         vocab: torch.Tensor | None = None) -> list[np.ndarray]:
         with autocast(self.compute, self.device):
             return [R.answer_logprobs(self.model, r.prompt, r.answers, self.sharing, vocab)[0]
-                    for r in requests]
+                    for r in _progress(requests, "LLM scoring")]
 
     def yes_no(self, requests: Sequence[ChoiceRequest], yes: int, no: int
                ) -> list[np.ndarray]:
         with autocast(self.compute, self.device):
             return [R.yes_no_scores(self.model, r.prefix, r.suffixes, yes, no)
-                    for r in requests]
+                    for r in _progress(requests, "LLM yes/no")]
 
     def generate(self, prompts: Sequence[Sequence[int]], max_new_tokens: int, eos: int
                  ) -> list[list[int]]:
         with autocast(self.compute, self.device):
-            return [R.greedy_decode(self.model, p, max_new_tokens, eos) for p in prompts]
+            return [R.greedy_decode(self.model, p, max_new_tokens, eos)
+                    for p in _progress(prompts, "LLM generating")]
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "compute": self.compute, "device": str(self.device),

@@ -137,3 +137,32 @@ def test_entropy_learning_lowers_entropy():
     mix.merge()
     with pytest.raises(RuntimeError):
         learn_entropy(mix, prompts, k=3, lr=0.3, epochs=1, batch_size=6, eos=0, seed=0)
+
+
+def test_the_stopping_rule_keeps_the_lowest_entropy_theta(monkeypatch):
+    """With a step far too large the entropy rises again; the label-free stopping rule
+    stops there and returns theta as it was at the start of the lowest-entropy epoch."""
+    base = _base()
+    a, _ = _random_adapter(base, "general", 1)
+    b, _ = _random_adapter(base, "specific", 2)
+    prompts = [list(np.random.default_rng(s).integers(1, 200, 12)) for s in range(6)]
+    free = Mixture(copy.deepcopy(base), [a, b])
+    hist = learn_entropy(free, prompts, k=3, lr=5.0, epochs=6, batch_size=6, eos=0, seed=0)
+    rises = [j for j in range(1, len(hist)) if hist[j] > hist[j - 1]]
+    assert rises, hist  # this step size overshoots: the test needs a rise to stop at
+
+    stopped = Mixture(copy.deepcopy(base), [a, b])
+    thetas = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):  # theta at the start of every epoch
+        thetas.append([t.detach().clone() for t in stopped.thetas()])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    short = learn_entropy(stopped, prompts, k=3, lr=5.0, epochs=6, batch_size=6, eos=0,
+                          seed=0, stop_on_rise=True)
+    assert short == hist[:rises[0] + 1]  # same trajectory, cut at the first rise
+    best = int(np.argmin(short))
+    for got, want in zip(stopped.thetas(), thetas[best], strict=True):
+        assert torch.equal(got.detach(), want)

@@ -242,8 +242,14 @@ class TALLRec(_LLMSystem):
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         arts = self.train_artifacts(data)
+        paths = arts["tallrec"]
+        if len(paths) == 1:  # nothing to choose
+            (self.info["lr"], path), = paths.items()
+            self._serve(path)
+            self._report_valid(valid)
+            return
         self.info["lr"], self.info[self.valid_key] = self._select_adapter(
-            arts["tallrec"], self._selection_valid(valid), "valid_by_lr")
+            paths, self._selection_valid(valid), "valid_by_lr")
 
     def _rank(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
         if self.backend is None:

@@ -75,6 +75,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="default: every table with stored cells")
     rep.add_argument("--reference", choices=["paper"])
 
+    cmp = sub.add_parser("compare", help="every row against one row: means, paired t-test "
+                                         "p-values, fit and score seconds (no training)")
+    cmp.add_argument("--out", default="runs/default", help="a results directory of `run`")
+    cmp.add_argument("--table", choices=tables, help="default: every table with stored cells")
+    cmp.add_argument("--against", default="MoLoRec", help="the reference row (default MoLoRec)")
+    cmp.add_argument("--metrics", type=_csv, default=["NDCG@1", "NDCG@3"],
+                     help="comma-separated (default NDCG@1,NDCG@3)")
+
     sub.add_parser("list-systems", help="built-in systems and installed plugins")
 
     proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
@@ -145,6 +153,22 @@ def _cmd_report(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(a: argparse.Namespace) -> int:
+    from bench.stored import stored_cells
+    from reports.compare import compare, timings, to_markdown
+    from reports.publish import row_order
+
+    cells = stored_cells(Path(a.out), log=_warn)
+    tables = settings.tables()
+    if a.table:
+        cells = [c for c in cells if c.setting in tables[a.table]]
+    rank = {label: i for i, label in enumerate(row_order(cells, []))}
+    cells.sort(key=lambda c: (c.dataset, c.setting, c.seed, rank[c.system]))
+    print(to_markdown(compare(cells, a.against, a.metrics, timings(Path(a.out))), a.against,
+                      a.metrics))
+    return 0
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from bench import registry
 
@@ -179,7 +203,8 @@ def _cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": _cmd_run, "report": _cmd_report, "list-systems": _cmd_list,
+COMMANDS = {"run": _cmd_run, "report": _cmd_report, "compare": _cmd_compare,
+            "list-systems": _cmd_list,
             "protocol": _cmd_protocol, "data": _cmd_data}
 
 

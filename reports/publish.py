@@ -59,7 +59,7 @@ def publish_table(table: str, profile: str = "cpu", out: str | Path = "runs/defa
                      **options)
 
 
-def _order(cells: Sequence[CellResult], failed: Sequence[dict]) -> list[str]:
+def row_order(cells: Sequence[CellResult], failed: Sequence[dict]) -> list[str]:
     """Row labels in registry order (by each cell's class, each failure's system)."""
     table = registry.available()
     names, targets = list(table), list(table.values())
@@ -101,6 +101,6 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
         if failed:
             notes.append(failure_note((f["label"], f["error"]) for f in failed))
         written.append(render_all(chosen, out, t, reference=reference, notes=notes,
-                                  order=_order(chosen, failed),
+                                  order=row_order(chosen, failed),
                                   failed={f["label"]: f["group"] for f in failed}))
     return written

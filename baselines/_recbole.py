@@ -9,6 +9,7 @@ patience. RecBole's evaluator, its evaluation samplers, checkpoints, log files a
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 import warnings
@@ -176,13 +177,18 @@ class RecBoleSystem(System):
         out.update(c.get("recbole", {}))
         return out
 
+    def _setup(self, data: TrainData, root: Path) -> tuple[Config, Dataset]:
+        """RecBole's config and dataset for `data.train` (deterministic), our id maps set."""
+        config = _Config(self._model_class(), DATASET, config_dict=self._recbole_config(root))
+        dataset, self._users, self._items = recbole_dataset(data.train, config, root)
+        return config, dataset
+
     def fit(self, data: TrainData, valid: Validation) -> None:
         start = time.perf_counter()
         init_seed(self.seed, True)
         with tempfile.TemporaryDirectory(prefix="recbole-") as tmp:
             root = Path(tmp)
-            config = _Config(self._model_class(), DATASET, config_dict=self._recbole_config(root))
-            dataset, self._users, self._items = recbole_dataset(data.train, config, root)
+            config, dataset = self._setup(data, root)
             if self.sequential:
                 max_len = config["MAX_ITEM_LIST_LENGTH"]
                 samples = sequential_samples(data.train, self._items, max_len)
@@ -260,3 +266,42 @@ class RecBoleSystem(System):
 
     def describe(self) -> dict[str, Any]:
         return dict(getattr(self, "_facts", {}))
+
+    # -- a frozen sequence encoder for other systems (RecLoRA's user representation) -----
+    def sequence_vectors(self, histories: Sequence[Sequence[str]]) -> np.ndarray:
+        """(n, d) float32 sequence representations of item histories (oldest first; the
+        last `max_len` known items count), computed without gradients in eval mode."""
+        if not self.sequential:
+            raise TypeError(f"{self.name} has no sequence representation")
+        if not hasattr(self, "model"):
+            raise RuntimeError(f"{self.name}: call fit() or load_model() first")
+        self.model.eval()
+        reqs = [ScoreRequest("", tuple(h), ()) for h in histories]
+        step = self.config.get("score_batch", 512)
+        with torch.no_grad():
+            parts = [self._queries(reqs[lo:lo + step]).float().cpu().numpy()
+                     for lo in range(0, len(reqs), step)]
+        return np.concatenate(parts) if parts else np.zeros((0, 0), dtype=np.float32)
+
+    def save_model(self, out: Path) -> None:
+        """The trained weights (safetensors) and what fit() recorded, to `out`."""
+        from safetensors.torch import save_file
+
+        out = Path(out)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, str(out / "model.safetensors"))
+        (out / "facts.json").write_text(json.dumps(self.describe(), indent=1))
+
+    def load_model(self, data: TrainData, path: Path) -> None:
+        """Rebuild the model for `data.train` (the split it was trained on) and load the
+        weights `save_model` wrote: the same vectors as the instance that trained it."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        init_seed(self.seed, True)
+        with tempfile.TemporaryDirectory(prefix="recbole-") as tmp:
+            config, dataset = self._setup(data, Path(tmp))
+            self.model = self._model_class()(config, dataset).to(config["device"])
+        self.model.load_state_dict(load_file(str(path / "model.safetensors")))
+        self.model.eval()
+        self._facts = json.loads((path / "facts.json").read_text())

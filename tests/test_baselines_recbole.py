@@ -168,6 +168,29 @@ def test_unknown_items_and_users_score_finite(name, fitted, toy):
     np.testing.assert_allclose(scores[0, 1:], system.score([req])[0, 1:], rtol=1e-6, atol=1e-6)
 
 
+def test_a_saved_sasrec_loads_with_the_same_vectors_and_scores(fitted, toy, tmp_path):
+    """RecLoRA's frozen recommender: save_model / load_model rebuild the trained model from
+    the training split alone, and sequence_vectors are the queries scoring uses."""
+    (data, valid), system = toy, fitted["SASRec"]
+    system.save_model(tmp_path)
+    again = SASRec(SASRec.config_for("smoke"), seed=5)  # another seed: weights come from disk
+    again.load_model(data, tmp_path)
+    reqs = valid.requests[:6]
+    np.testing.assert_array_equal(again.score(reqs), system.score(reqs))
+    histories = [r.history for r in reqs] + [()]
+    vecs = again.sequence_vectors(histories)
+    assert vecs.shape == (7, 16) and vecs.dtype == np.float32 and np.isfinite(vecs).all()
+    np.testing.assert_array_equal(vecs, system.sequence_vectors(histories))
+    assert not np.allclose(vecs[0], vecs[1])  # users differ
+    emb = system.model.item_embedding.weight.detach()
+    ids = torch.tensor([system._items[c] for c in reqs[0].candidates])
+    np.testing.assert_allclose(system.score(reqs[:1])[0], (emb[ids] @ torch.from_numpy(vecs[0]))
+                               .numpy(), rtol=1e-5, atol=1e-5)
+    assert again.describe() == system.describe()
+    with pytest.raises(TypeError, match="no sequence representation"):
+        fitted["BPR-MF"].sequence_vectors(histories)
+
+
 # --- FMLP-Rec ------------------------------------------------------------------------------
 
 class _FakeDataset:

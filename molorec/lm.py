@@ -108,10 +108,11 @@ def sliding_window(model: nn.Module) -> int | None:
 
 def custom_mask(model: nn.Module, allow: torch.Tensor, q_pos: torch.Tensor,
                 kv_pos: torch.Tensor, dtype: torch.dtype):
-    """The attention mask to pass for a custom pattern: `allow` (q x kv, bool) says which
-    keys each query may see; `q_pos`/`kv_pos` are their positions. Sliding-window layers
-    additionally see only keys less than `window` positions back. Returns a 4D additive
-    mask, or a dict of them per layer type where the layers differ."""
+    """The attention mask to pass for a custom pattern: `allow` (q x kv, bool; or batch x
+    q x kv, one pattern per row) says which keys each query may see; `q_pos`/`kv_pos`
+    are their positions (with the same leading batch dimension, if any). Sliding-window
+    layers additionally see only keys less than `window` positions back. Returns a 4D
+    additive mask, or a dict of them per layer type where the layers differ."""
     window = sliding_window(model)
     types = layer_types(model)
     if types is not None:
@@ -127,12 +128,12 @@ def custom_mask(model: nn.Module, allow: torch.Tensor, q_pos: torch.Tensor,
 
     def additive(ok: torch.Tensor) -> torch.Tensor:
         m = torch.zeros(ok.shape, dtype=dtype).masked_fill(~ok, torch.finfo(dtype).min)
-        return m[None, None].to(device_of(model))
+        return (m[None, None] if m.dim() == 2 else m[:, None]).to(device_of(model))
 
     full = additive(allow)
     if window is None:
         return full
-    near = (q_pos[:, None] - kv_pos[None, :]) < window
+    near = (q_pos[..., :, None] - kv_pos[..., None, :]) < window
     return {"full_attention": full, "sliding_attention": additive(allow & near)}
 
 

@@ -62,17 +62,10 @@ def prefill(model, ids: Sequence[int], vocab: torch.Tensor | None = None):
     return logits[0].float(), cache
 
 
-def _packed(model, prompt: Sequence[int], seqs: Sequence[Sequence[int]],
-            rows: Sequence[int], vocab: torch.Tensor | None) -> torch.Tensor:
-    """The prompt and all continuations in one forward, as one packed sequence.
-
-    The prompt is causal; each continuation token sees the whole prompt and the earlier
-    tokens of its own continuation only, with positions restarting after the prompt (and
-    sliding-window layers their window), so every continuation is computed exactly as
-    if it ran alone after the prompt. `rows` are the continuation-relative positions
-    whose logits are wanted, -1 being the prompt's last token. No KV cache is kept."""
-    device = device_of(model)
-    dtype = next(model.parameters()).dtype
+def _layout(prompt: Sequence[int], seqs: Sequence[Sequence[int]]
+            ) -> tuple[list[int], torch.Tensor, torch.Tensor]:
+    """(ids, positions, allowed attention) of a prompt and its continuations packed into
+    one sequence (see `_packed`)."""
     p, total = len(prompt), sum(len(s) for s in seqs)
     allow = torch.zeros((p + total, p + total), dtype=torch.bool)
     allow[:p, :p] = torch.ones((p, p), dtype=torch.bool).tril()
@@ -84,7 +77,22 @@ def _packed(model, prompt: Sequence[int], seqs: Sequence[Sequence[int]],
         pos.extend(range(p, p + n))
         allow[off:off + n, off:off + n] = torch.ones((n, n), dtype=torch.bool).tril()
         off += n
-    pos_t = torch.tensor(pos)
+    return ids, torch.tensor(pos), allow
+
+
+def _packed(model, prompt: Sequence[int], seqs: Sequence[Sequence[int]],
+            rows: Sequence[int], vocab: torch.Tensor | None) -> torch.Tensor:
+    """The prompt and all continuations in one forward, as one packed sequence.
+
+    The prompt is causal; each continuation token sees the whole prompt and the earlier
+    tokens of its own continuation only, with positions restarting after the prompt (and
+    sliding-window layers their window), so every continuation is computed exactly as
+    if it ran alone after the prompt. `rows` are the continuation-relative positions
+    whose logits are wanted, -1 being the prompt's last token. No KV cache is kept."""
+    device = device_of(model)
+    dtype = next(model.parameters()).dtype
+    p = len(prompt)
+    ids, pos_t, allow = _layout(prompt, seqs)
     mask = custom_mask(model, allow, pos_t, pos_t, dtype)
     keep = torch.as_tensor([p + r for r in rows], dtype=torch.long, device=device)
     logits, _ = logits_at(model, keep, vocab, input_ids=torch.tensor([ids], device=device),
@@ -197,6 +205,36 @@ def yes_no_scores(model, prefix: Sequence[int], suffixes: Sequence[Sequence[int]
     logits = _packed(model, prefix, suffixes, ends, pair)
     at = logits.float()
     return (at[:, 0] - at[:, 1]).double().cpu().numpy()
+
+
+@torch.no_grad()
+def yes_no_scores_batch(model, requests: Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]],
+                        yes: int, no: int) -> list[np.ndarray]:
+    """`yes_no_scores` of several (prefix, suffixes) requests in one forward: each request
+    is one packed row, rows right-padded (a padding position sees only itself). Row b is
+    requests[b], so a per-row input of the model (RecLoRA's per-user gates) follows the
+    request order. Equal to one request at a time up to float summation order."""
+    device = device_of(model)
+    dtype = next(model.parameters()).dtype
+    layouts = [_layout(prefix, suffixes) for prefix, suffixes in requests]
+    width = max(len(ids) for ids, _, _ in layouts)
+    ids_t = torch.zeros((len(layouts), width), dtype=torch.long)
+    pos_t = torch.zeros((len(layouts), width), dtype=torch.long)
+    allow = torch.eye(width, dtype=torch.bool).repeat(len(layouts), 1, 1)
+    keep = []
+    for b, ((ids, pos, ok), (prefix, suffixes)) in enumerate(zip(layouts, requests,
+                                                                 strict=True)):
+        n = len(ids)
+        ids_t[b, :n], pos_t[b, :n], allow[b, :n, :n] = torch.tensor(ids), pos, ok
+        keep += [b * width + len(prefix) + st + len(x) - 1
+                 for st, x in zip(_starts(suffixes), suffixes, strict=True)]
+    mask = custom_mask(model, allow, pos_t, pos_t, dtype)
+    pair = torch.tensor([yes, no], device=device)
+    logits, _ = logits_at(model, torch.tensor(keep, device=device), pair,
+                          input_ids=ids_t.to(device), attention_mask=mask,
+                          position_ids=pos_t.to(device))
+    diff = (logits[:, 0].float() - logits[:, 1].float()).double().cpu().numpy()
+    return list(np.split(diff, np.cumsum([len(s) for _, s in requests])[:-1]))
 
 
 @torch.no_grad()

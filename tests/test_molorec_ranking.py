@@ -123,6 +123,17 @@ def test_yes_no_scores_equal_separate_forwards(model):
             assert g == pytest.approx(float(last[3] - last[4]), abs=1e-4)
 
 
+def test_yes_no_batch_equals_one_request_at_a_time(model):
+    """Several users' packed rows in one forward (right-padded, prompts longer than
+    gemma3()'s window) give each user's own scores."""
+    reqs = [(p[:n], s) for (p, s), n in zip([_case(k, n=m) for k, m in ((3, 5), (4, 9), (5, 2))],
+                                             (120, 40, 90), strict=True)]
+    got = R.yes_no_scores_batch(model, reqs, 3, 4)
+    assert [len(g) for g in got] == [5, 9, 2]
+    for g, (prefix, suffixes) in zip(got, reqs, strict=True):
+        np.testing.assert_allclose(g, R.yes_no_scores(model, prefix, suffixes, 3, 4), atol=1e-4)
+
+
 def test_greedy_decode_matches_stepwise_argmax(model):
     prompt, _ = _case(2)
     got = R.greedy_decode(model, prompt, 6, eos=-1)

@@ -10,10 +10,11 @@ float summation order). Single-process runs need no launcher.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,8 +79,13 @@ def answer_loss_sum(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def train(model, examples: Sequence[Example], settings: TrainSettings, seed: int,
-          pad_id: int, log_every: int | None = None) -> list[float]:
-    """Train `model`'s parameters that require grad; returns the mean loss per epoch.
+          pad_id: int, log_every: int | None = None, *,
+          extra_params: Iterable[torch.nn.Parameter] = (),
+          around: Callable[[Sequence[Example]], contextlib.AbstractContextManager] | None = None
+          ) -> list[float]:
+    """Train `model`'s parameters that require grad, and `extra_params` (a module outside
+    the model, e.g. RecLoRA's router); returns the mean loss per epoch. `around(micro)`
+    wraps the forward of each micro-batch (RecLoRA sets its examples' gates there).
     Progress is printed every `log_every` steps (default: $MOLOREC_LOG_EVERY, else off)."""
     if log_every is None:
         log_every = int(os.environ.get("MOLOREC_LOG_EVERY", "0"))
@@ -96,7 +102,7 @@ def train(model, examples: Sequence[Example], settings: TrainSettings, seed: int
         model.gradient_checkpointing_enable()
         if hasattr(model, "enable_input_require_grads"):
             model.enable_input_require_grads()
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     if not params:
         raise ValueError("the model has no trainable parameters")
     opt = torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay)
@@ -119,10 +125,13 @@ def train(model, examples: Sequence[Example], settings: TrainSettings, seed: int
             mine = batch[rank::world]
             local = 0.0
             for m in range(0, len(mine), settings.micro_batch_size):
-                micro = collate(mine[m:m + settings.micro_batch_size], pad_id, state.device)
-                with autocast(settings.compute, state.device):
-                    loss = answer_loss_sum(model, micro)
-                (loss / n_tokens).backward()
+                chunk = mine[m:m + settings.micro_batch_size]
+                micro = collate(chunk, pad_id, state.device)
+                # backward inside `around` too: gradient checkpointing reruns the forward
+                with around(chunk) if around else contextlib.nullcontext():
+                    with autocast(settings.compute, state.device):
+                        loss = answer_loss_sum(model, micro)
+                    (loss / n_tokens).backward()
                 local += float(loss.detach())
             if world > 1:
                 from accelerate.utils import reduce

@@ -41,6 +41,7 @@ BUILTIN: dict[str, str] = {
     "RecFormer": "baselines.recformer:RecFormer",
     "P5": "baselines.p5:P5",
     "TALLRec": "molorec.systems:TALLRec",
+    "RecLoRA": "molorec.reclora:RecLoRA",
     "MoLoRec-G": "molorec.systems:MoLoRecG",
     "MoLoRec-S": "molorec.systems:MoLoRecS",
     "MoLoRec": "molorec.systems:MoLoRec",

@@ -104,8 +104,8 @@ class GatedBank:
             layer.reset()
 
     def tensors(self) -> dict[str, torch.Tensor]:
-        """Every LoRA's weights, keyed `<module>.lora_A` / `.lora_B` (stacked over N)."""
-        return {f"{m}.lora_{ab}": getattr(layer, f"lora_{ab}").detach().cpu().contiguous()
+        """A copy of every LoRA's weights, keyed `<module>.lora_A` / `.lora_B` (stacked)."""
+        return {f"{m}.lora_{ab}": getattr(layer, f"lora_{ab}").detach().cpu().clone()
                 for m, layer in self.layers.items() for ab in ("A", "B")}
 
     @torch.no_grad()

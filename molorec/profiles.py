@@ -119,3 +119,78 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
              for prof in COMMON}
     for system, parts in _PARTS.items()
 }
+
+# -- RecLoRA (molorec.reclora) ---------------------------------------------------------
+# Its own block: the shared parts (backbone, prompt, ranking, selection) are COMMON's, so
+# it runs on the same converted backbone; the rest is RecLoRA's. `recommender` is the
+# frozen conventional model whose sequence vector feeds the router: the SASRec system
+# (by registry name) with its settings spelled out, so the cell's cache key covers them;
+# they are baselines/sasrec.py's except where a comment says otherwise. Its window
+# (`max_len`) is the long history; `short_history` titles go into the LLM prompt.
+_SASREC = {"n_layers": 2, "n_heads": 2, "hidden_size": 64, "inner_size": 256,
+           "hidden_dropout_prob": 0.5, "attn_dropout_prob": 0.5, "hidden_act": "gelu",
+           "layer_norm_eps": 1e-12, "initializer_range": 0.02, "loss_type": "CE"}
+# the authors' code: r 8, alpha 16 on the attention's q and v projections
+RECLORA_LORA = {"r": 8, "alpha": 16, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]}
+ROUTER = {"hidden": 60, "dropout": 0.1}  # LayerNorm, Linear 60, ReLU, Dropout, Linear N
+
+RECLORA: dict[str, dict[str, Any]] = {
+    "smoke": {
+        "recommender": {"system": "SASRec", "config": {
+            "epochs": 2, "patience": 1, "batch_size": 256, "lr": 1e-3, "max_len": 20,
+            "recbole": {**_SASREC, "n_layers": 1, "hidden_size": 16, "inner_size": 32}}},
+        "reclora": {"n_loras": 2, "temperature": [10], "history": ["recent", "retrieval"],
+                    "short_history": 3, "long_history": 20,
+                    "lora": {**RECLORA_LORA, "r": 4, "alpha": 8}, "router": ROUTER,
+                    "max_targets_per_user": 1, "negatives_per_target": 1,
+                    "train": {"epochs": 1, "lr": 3e-3, "batch_size": 16,
+                              "micro_batch_size": 16},
+                    "score_batch": 4},
+    },
+    "cpu": {
+        # SASRec's cpu settings, at most 4 epochs (its warm cell peaked at epoch 3)
+        "recommender": {"system": "SASRec", "config": {
+            "epochs": 4, "patience": 1, "batch_size": 512, "lr": 2e-3, "max_len": 20,
+            "recbole": {**_SASREC, "hidden_dropout_prob": 0.2, "attn_dropout_prob": 0.2}}},
+        # N 4 and one T (each setting is a training run); the LLM's 256 examples are
+        # TALLRec's (same targets, negatives and cap), so the two rows differ by the
+        # adapter; 5 prompt titles of the recommender's 20 (the retrieval variant's
+        # prompt is per candidate, about 4x the tokens of the shared one)
+        "reclora": {"n_loras": 4, "temperature": [10], "history": ["recent", "retrieval"],
+                    "short_history": 5, "long_history": 20, "lora": RECLORA_LORA,
+                    "router": ROUTER, "max_targets_per_user": 1, "negatives_per_target": 1,
+                    "max_examples": 256,
+                    "train": {"epochs": 1, "lr": 5e-4, "batch_size": 16,
+                              "micro_batch_size": 8},
+                    "score_batch": 1},
+        "selection": {"valid_users": 60},  # the variant choice: 60 users (MRR)
+    },
+    "paper": {
+        # SASRec's paper settings with the authors' 60-item window
+        "recommender": {"system": "SASRec", "config": {
+            "epochs": 300, "patience": 10, "batch_size": 256, "lr": 1e-3, "max_len": 60,
+            "recbole": dict(_SASREC)}},
+        # N 16 (their MovieLens setting), T from {5, 10, 15}, 10 prompt titles of 60;
+        # the LLM sees 10 targets per user (TALLRec's sample), SASRec all of them
+        "reclora": {"n_loras": 16, "temperature": [5, 10, 15],
+                    "history": ["recent", "retrieval"], "short_history": 10,
+                    "long_history": 60, "lora": RECLORA_LORA, "router": ROUTER,
+                    "max_targets_per_user": 10, "negatives_per_target": 1,
+                    "train": {"epochs": 4, "lr": 2e-4, "batch_size": 128,
+                              "micro_batch_size": 8, "gradient_checkpointing": True},
+                    "score_batch": 8},
+        # the gated bank cannot be one served adapter: transformers only (not vLLM)
+        "ranking": {"backend": "hf"},
+    },
+}
+
+
+def _reclora(prof: str) -> dict[str, Any]:
+    out = {p: copy.deepcopy(COMMON[prof][p]) for p in ("backbone", "prompt", "ranking",
+                                                      "selection") if p in COMMON[prof]}
+    for part, value in copy.deepcopy(RECLORA[prof]).items():
+        out[part] = {**out[part], **value} if part in out else value
+    return out
+
+
+PROFILES["reclora"] = {prof: _reclora(prof) for prof in COMMON}

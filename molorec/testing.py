@@ -81,3 +81,16 @@ def micro_config(system: str = "molorec", **overrides: Any) -> dict[str, Any]:
     from molorec.profiles import _PARTS
 
     return {p: cfg[p] for p in _PARTS[system] if p in cfg}
+
+
+def reclora_micro_config(**overrides: Any) -> dict[str, Any]:
+    """RecLoRA's smoke settings on micro_config's backbone: a one-epoch SASRec, N 2."""
+    from molorec.profiles import RECLORA
+
+    cfg = {p: micro_config("backbone")[p] for p in ("backbone", "prompt", "ranking")}
+    cfg.update(copy.deepcopy(RECLORA["smoke"]))
+    cfg["recommender"]["config"]["epochs"] = 1
+    cfg["reclora"]["train"] = {"epochs": 1, "lr": 3e-3, "batch_size": 8, "micro_batch_size": 8}
+    for key, value in overrides.items():
+        cfg[key] = {**cfg.get(key, {}), **value} if isinstance(value, dict) else value
+    return cfg

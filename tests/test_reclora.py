@@ -92,6 +92,26 @@ def test_gradients_reach_the_router_and_the_loras_only(fitted, domain):
         system.router.eval()
 
 
+def test_the_recent_variant_trains_on_tallrecs_examples(fitted, domain):
+    """Same targets, negatives and prompts as TALLRec when the prompt histories agree:
+    the two rows then differ by the adapter only."""
+    from molorec.instructions import yes_no_examples
+
+    system, _ = fitted
+    data = domain[0]
+    kept = system.rc["short_history"]
+    system.rc["short_history"] = system.prompting.max_history
+    try:
+        mine, _ = system.examples(data, "recent")
+    finally:
+        system.rc["short_history"] = kept
+    theirs = yes_no_examples(data.train, data.titles, system.enc, seed=system.seed,
+                             max_len=system.prompting.max_len,
+                             max_history=system.prompting.max_history,
+                             max_targets_per_user=1, negatives_per_target=1)
+    assert [(e.prompt, e.answer) for e in mine] == [(e.prompt, e.answer) for e in theirs]
+
+
 def test_retrieve_picks_the_closest_history_items_in_history_order():
     vec = {k: np.array(v, dtype=np.float32) / np.linalg.norm(v) for k, v in {
         "a": [1, 0], "b": [0, 1], "c": [1, 1], "d": [1, 0.1], "x": [1, 0.05],

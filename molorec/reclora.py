@@ -33,6 +33,7 @@ from bench.api import ScoreRequest, System, TrainData, Validation
 from molorec import ranking as R
 from molorec import selection as SEL
 from molorec.artifacts import capped
+from molorec.backends.hf import _progress
 from molorec.cache import cached_dir, stable_hash
 from molorec.gated import GatedBank, Router
 from molorec.instructions import Example, item_pool, sample_negatives, sequences_digest
@@ -330,7 +331,7 @@ class RecLoRA(_LLMSystem):
         step = int(self.rc.get("score_batch", 1))
         out: list[np.ndarray] = []
         with autocast(self.backend.compute, device_of(self.model)):
-            for lo in range(0, len(parts), step):
+            for lo in _progress(range(0, len(parts), step), "RecLoRA yes/no"):
                 with self.bank.gated(gates[lo:lo + step]):
                     out += R.yes_no_scores_batch(self.model, parts[lo:lo + step], yes, no)
         return np.stack(out)

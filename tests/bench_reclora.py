@@ -14,7 +14,8 @@ $MOLOREC_BENCH_THREADS (default: every core). Every variant ranks the same users
   in one forward; the retrieval variant (5 titles per candidate, so only the header is
   shared);
 - the gates themselves: SASRec's sequence vectors (untrained weights, the cpu settings)
-  and the router for the same users.
+  and the router for the same users;
+- one training micro-batch of RecLoRA (forward and backward through bank and router).
 Numbers go to BENCHMARKS.md, section "RecLoRA against TALLRec".
 """
 
@@ -30,6 +31,7 @@ import torch
 
 from molorec.adapters import Adapter, save_peft
 from molorec.gated import GatedBank, Router
+from molorec.instructions import Example
 from molorec.template import NO, YES, yes_no_parts
 
 N_USERS = int(os.environ.get("MOLOREC_BENCH_USERS", "8"))
@@ -136,3 +138,39 @@ def test_gates_from_sasrec_and_router(benchmark, setup):
                           10.0)
 
     benchmark.pedantic(gates, rounds=5, iterations=1, warmup_rounds=1)
+
+
+def test_reclora_training_micro_batch(benchmark, setup):
+    """One micro-batch of the cpu profile's training (8 yes/no examples, 5 recent titles):
+    forward and backward through the gated bank and the router (no optimizer step)."""
+    from molorec.train_loop import answer_loss_sum, collate
+
+    benchmark.group = "RecLoRA training, one micro-batch of 8 examples"
+    s, reqs = setup["system"], setup["requests"]
+    s.rc["short_history"] = 5
+    yes = s.enc.word(YES)
+    prompts = [s._prompt_for(r.history, r.candidates[j], "recent")
+               for r in reqs for j in range(2)][:8]
+    examples = [Example(p, (yes,)) for p in prompts]
+    tok = s.enc.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else s.enc.eos
+    router = Router(64, s.rc["n_loras"]).train()
+    h = torch.randn(len(examples), 64, generator=torch.Generator().manual_seed(1))
+    params = [*s.bank.parameters(), *router.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    s.model.train()
+
+    def step():
+        for p in params:
+            p.grad = None
+        with s.bank.gated(router(h, 10.0)):
+            answer_loss_sum(s.model, collate(examples, pad, "cpu")).backward()
+
+    benchmark.extra_info.update({"tokens_per_example": float(np.mean([len(p) for p in prompts])),
+                                 "threads": torch.get_num_threads()})
+    try:
+        benchmark.pedantic(step, rounds=3, iterations=1, warmup_rounds=1)
+    finally:
+        s.model.eval()
+

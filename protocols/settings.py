@@ -75,8 +75,8 @@ def fewshot(percent: int) -> SettingSpec:
     """Warm, training on a seeded, nested `percent` of the training samples."""
     return SettingSpec(
         f"fewshot-{percent}", "fewshot", partial(_fewshot, percent=percent), FEWSHOT_TITLE,
-        "Protocol: leave-one-out split, training on a seeded, nested share of the training "
-        "samples (validation and test as in warm);",
+        "Protocol: Warm-Start rows: leave-one-out split, training on a seeded, nested share "
+        "of the training samples (validation and test as in warm);",
         column=f"{{dataset}} {percent}%", paper_table="table3",
         row=("Warm-Start", f"{percent}%"), metrics=FEWSHOT_METRICS)
 

@@ -331,10 +331,10 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     if profile not in profiles.PROFILES:
         raise OptionError(f"unknown profile {profile!r}; use one of {', '.join(profiles.PROFILES)}")
     prof = profiles.get(profile)
-    datasets = _listed("--datasets", datasets, prof.datasets)
+    datasets = _listed("--datasets", datasets, prof.datasets_for(table))
     seeds = _listed("--seeds", seeds, prof.seeds)
     _check_seeds(seeds)
-    classes = _systems(_listed("--systems", systems, prof.systems), profile)
+    classes = _systems(_listed("--systems", systems, prof.systems_for(table)), profile)
     if data_path is not None and len(datasets) != 1:
         raise OptionError("--data-path is the directory of one dataset: name that dataset "
                           "with --datasets NAME")

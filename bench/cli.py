@@ -25,6 +25,12 @@ EPILOG = """examples:
 """
 
 
+GENERAL_FROM_HELP = (
+    "take the domain-general corpus from these datasets (comma-separated or repeated; PATH: "
+    "a directory of the dataset's files),\noverlap with the target removed, instead of a "
+    "share of the dataset's own users")
+
+
 def _csv(text: str) -> list[str]:
     """Comma-separated names; empty items are dropped (an empty list is refused later)."""
     return [t.strip() for t in text.split(",") if t.strip()]
@@ -68,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reference", choices=["paper"],
                      help="add the paper's published numbers, labelled as such")
     run.add_argument("--data-path", help="directory of the dataset's files (one dataset)")
+    run.add_argument("--general-from", action="append", metavar="NAME[:PATH]",
+                     help=GENERAL_FROM_HELP + " (default: the profile's; paper: the paper's)")
 
     rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
     rep.add_argument("--out", default="runs/default", help="a results directory of `run`")
@@ -97,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="share of items made new in the cold setting (default "
                         f"{defaults.cold_fraction})")
     b.add_argument("--max-users", type=int, help="seeded user subsample per part (>= 1)")
+    b.add_argument("--general-from", action="append", metavar="NAME[:PATH]",
+                   help=GENERAL_FROM_HELP)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -119,7 +129,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     res = publish_table(a.table, a.profile, a.out, reference=a.reference,
                         datasets=a.datasets, systems=a.systems, seeds=a.seeds, force=a.force,
-                        data_path=a.data_path)
+                        data_path=a.data_path, general_from=a.general_from)
     print(res.markdown)
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")
@@ -159,11 +169,14 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
 def _cmd_protocol(a: argparse.Namespace) -> int:
     from protocols.build import build_protocol
+    from protocols.general_corpus import parse
 
+    names, paths = parse(a.general_from or [])
     options = ProtocolOptions(kcore=a.kcore, general_fraction=a.general_fraction,
-                              cold_fraction=a.cold_fraction, max_users=a.max_users)
+                              cold_fraction=a.cold_fraction, max_users=a.max_users,
+                              general_from=names)
     m = build_protocol(a.dataset, a.setting, a.seed, a.out, data_path=a.data_path,
-                       options=options)
+                       options=options, general_paths=paths)
     print(json.dumps({"out": a.out, "counts": m["counts"],
                       "candidates_sha256": m["candidates_sha256"]}, indent=2))
     return 0

@@ -35,6 +35,9 @@ class Profile:
     table_systems: Mapping[str, tuple[str, ...]] = field(
         default_factory=lambda: {"fewshot": FEWSHOT_SYSTEMS})
     table_datasets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # dataset -> the datasets its domain-general corpus comes from (protocols.general_corpus;
+    # absent: the seeded `protocol.general_fraction` of its own users)
+    general_from: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     def systems_for(self, table: str) -> tuple[str, ...]:
         return tuple(self.table_systems.get(table, self.systems))
@@ -42,6 +45,19 @@ class Profile:
     def datasets_for(self, table: str) -> tuple[str, ...]:
         return tuple(self.table_datasets.get(table, self.datasets))
 
+
+# The paper's domain-general corpora (its Section 4.1.1 and Table 4): the Amazon 2014
+# 5-core categories of Table 4 (whose counts they match) for the three Amazon targets, and
+# MovieLens-10M for MovieLens-1M. The text says "seven" categories; Table 4 lists eight.
+AMAZON_GENERAL = tuple(f"amazon2014-{c}" for c in (
+    "Clothing_Shoes_and_Jewelry", "Cell_Phones_and_Accessories", "Grocery_and_Gourmet_Food",
+    "Health_and_Personal_Care", "Home_and_Kitchen", "Pet_Supplies",
+    "Tools_and_Home_Improvement", "Video_Games"))
+PAPER_GENERAL = {
+    **{f"amazon2014-{t}": AMAZON_GENERAL
+       for t in ("Beauty", "Toys_and_Games", "Sports_and_Outdoors")},
+    "ml-1m": ("ml-10m",),
+}
 
 PROFILES = {
     "smoke": Profile(
@@ -57,6 +73,7 @@ PROFILES = {
         (0, 1, 2),
         # the paper's Table 3 is MovieLens-1M only
         table_datasets={"fewshot": ("ml-1m",)},
+        general_from=PAPER_GENERAL,
         note="the paper's datasets and settings, for GPU machines (download first)"),
 }
 

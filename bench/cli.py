@@ -22,6 +22,8 @@ EPILOG = """examples:
   python -m bench protocol build --dataset ml-100k --setting warm --seed 0 --out data/warm
   python -m bench report --out runs/default --table warm --reference paper
   python -m bench list-systems
+  python -m bench figures --out runs/default            # Figures 4 and 5 of a finished run
+  python -m bench explain --out runs/default --user 42  # a case study (Figure 6)
 """
 
 
@@ -84,6 +86,26 @@ def _parser() -> argparse.ArgumentParser:
     rep.add_argument("--reference", choices=["paper"])
 
     sub.add_parser("list-systems", help="built-in systems and installed plugins")
+
+    fig = sub.add_parser("figures", help="the paper's Figures 4 and 5 from a finished run "
+                         "(PNG, SVG and CSV under OUT/figures)")
+    fig.add_argument("--out", default="runs/default", help="a results directory of `run`")
+    fig.add_argument("--figures", type=_ints, default=[4, 5],
+                     help="which: 4 (mixture weights, from stored cells) and/or 5 (NDCG@1 "
+                          "against unlabeled prompts; computes, cached)")
+    fig.add_argument("--prompts", type=_ints, default=[10, 25, 50, 100, 200],
+                     help="Figure 5's prompt counts (the table's own count is added)")
+    fig.add_argument("--settings", type=_csv, default=["warm", "cold"],
+                     help="settings to draw (default warm,cold)")
+
+    exp = sub.add_parser("explain", help="a case study: one test user's recommendation and "
+                         "its explanation by MoLoRec (the paper's Figure 6)")
+    exp.add_argument("--out", default="runs/default", help="a results directory of `run`")
+    exp.add_argument("--user", required=True, help="a test user id")
+    exp.add_argument("--table", default="warm", choices=tables)
+    exp.add_argument("--setting", help="default: the table's first setting")
+    exp.add_argument("--dataset", help="default: the one dataset with a MoLoRec cell")
+    exp.add_argument("--seed", type=int, help="default: the lowest seed run")
 
     proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -192,8 +214,26 @@ def _cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_figures(a: argparse.Namespace) -> int:
+    from bench.cli_analysis import figures
+
+    for path in figures(Path(a.out), a.figures, a.prompts, a.settings, log=_warn):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_explain(a: argparse.Namespace) -> int:
+    from bench.cli_analysis import explain
+
+    text, path = explain(Path(a.out), a.user, a.table, a.setting, a.dataset, a.seed)
+    print(text)
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "report": _cmd_report, "list-systems": _cmd_list,
-            "protocol": _cmd_protocol, "data": _cmd_data}
+            "protocol": _cmd_protocol, "data": _cmd_data, "figures": _cmd_figures,
+            "explain": _cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,13 @@ def _md(text: str) -> str:
     return text.replace("|", "\\|").replace("*", "\\*").replace("_", "\\_")
 
 
+def _quote(text: str) -> str:
+    """A block quote of every line of `text` (runs of blank lines kept as one)."""
+    lines = [_md(x.rstrip()) for x in text.strip().splitlines()]
+    kept = [x for n, x in enumerate(lines) if x or (n and lines[n - 1])]
+    return "\n".join(f"> {x}".rstrip() for x in kept) if kept else "> (empty)"
+
+
 def to_markdown(cs: CaseStudy) -> str:
     """The case study as a Markdown page."""
     rank = ("no ranking (the cell abstained for this user)" if cs.rank is None else
@@ -151,9 +158,9 @@ def to_markdown(cs: CaseStudy) -> str:
                                                                   n == cs.chosen)) if on]
         lines.append(f"{n + 1}. {_md(t)}" + (f" **({', '.join(tags)})**" if tags else ""))
     lines += ["", "## MoLoRec's recommendation (generated, greedy)", "",
-              f"> {_md(cs.answer) or '(empty)'}", "", f"It {picked}.", "",
+              _quote(cs.answer), "", f"It {picked}.", "",
               "## Its explanation (a second prompt: why would the user like it?)", "",
-              f"> {_md(cs.explanation) or '(empty)'}", "",
+              _quote(cs.explanation), "",
               "## Where the positive was ranked", "",
               f"{_md(cs.candidates[cs.positive])}: {rank} in the table's stored scores "
               "(the cell's ranking mode)."]

@@ -143,8 +143,9 @@ def plot_mixture(rows: Sequence[dict[str, Any]], out_dir: str | Path,
             ax.set_xlabel("transformer block (layer)")
             if j == 0:
                 ax.set_ylabel("mixture weight (mean over modules)")
-            if i == 0 and j == len(settings) - 1:
-                ax.legend(fontsize=8, loc="upper right", framealpha=0.9)
+            if i == len(lines) - 1 and j == len(settings) - 1:  # below, clear of the bars
+                ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.22),
+                          ncol=2, frameon=False)
     fig.tight_layout()
     paths = _save(fig, Path(out_dir), stem, _csv_text(MIXTURE_FIELDS, rows))
     plt.close(fig)
@@ -187,7 +188,9 @@ def plot_prompt_counts(rows: Sequence[dict[str, Any]], out_dir: str | Path,
         ax.set_ylabel("test NDCG@1")
         ax.set_title(f"({chr(97 + j)}) {SETTING_TITLES.get(setting, setting)}, {dataset}",
                      fontsize=10)
-        ax.legend(fontsize=7, loc="best", framealpha=0.9)
+        # below the axes: a reference line may lie anywhere in the panel
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2,
+                  frameon=False)
     fig.tight_layout()
     paths = _save(fig, Path(out_dir), stem, _csv_text(PROMPT_FIELDS, rows))
     plt.close(fig)

@@ -84,7 +84,7 @@ def test_positive_rank_follows_the_tie_rule():
 
 def test_case_study_markdown_marks_positive_and_recommendation():
     cs = CaseStudy("ml-100k", "warm", 0, "42", ["A | b", "C_d"], 1, ["X", "Y*", "Z"], 1,
-                   "Y*", 1, "Because it is like C_d.", (1, 1), "TinyQwen2",
+                   "Y*", 1, "Because it is like C_d.\n\n\nIt fits.", (1, 1), "TinyQwen2",
                    "mixture weights as learned")
     md = to_markdown(cs)
     assert "# Case study: user 42, ml-100k (warm), seed 0" in md
@@ -92,8 +92,10 @@ def test_case_study_markdown_marks_positive_and_recommendation():
     assert "2. Y\\* **(positive, recommended)**" in md
     assert "candidate 2: Y\\* (the positive)" in md
     assert "rank 1 of 3" in md and "the prompt kept the last 1" in md
-    miss = to_markdown(CaseStudy(**{**cs.__dict__, "chosen": None, "rank": None}))
-    assert "names no candidate" in miss and "abstained" in miss
+    assert "> Because it is like C\\_d.\n>\n> It fits.\n" in md  # every line quoted
+    miss = to_markdown(CaseStudy(**{**cs.__dict__, "chosen": None, "rank": None,
+                                    "answer": ""}))
+    assert "names no candidate" in miss and "abstained" in miss and "> (empty)" in miss
 
 
 def test_commands_refuse_without_a_run(tmp_path, capsys):

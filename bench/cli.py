@@ -22,7 +22,15 @@ EPILOG = """examples:
   python -m bench protocol build --dataset ml-100k --setting warm --seed 0 --out data/warm
   python -m bench report --out runs/default --table warm --reference paper
   python -m bench list-systems
+  python -m bench figures --out runs/default            # Figures 4 and 5 of a finished run
+  python -m bench explain --out runs/default --user 42  # a case study (Figure 6)
 """
+
+
+GENERAL_FROM_HELP = (
+    "take the domain-general corpus from these datasets (comma-separated or repeated; PATH: "
+    "a directory of the dataset's files),\noverlap with the target removed, instead of a "
+    "share of the dataset's own users")
 
 
 def _csv(text: str) -> list[str]:
@@ -68,6 +76,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--reference", choices=["paper"],
                      help="add the paper's published numbers, labelled as such")
     run.add_argument("--data-path", help="directory of the dataset's files (one dataset)")
+    run.add_argument("--general-from", action="append", metavar="NAME[:PATH]",
+                     help=GENERAL_FROM_HELP + " (default: the profile's; paper: the paper's)")
 
     rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
     rep.add_argument("--out", default="runs/default", help="a results directory of `run`")
@@ -84,6 +94,26 @@ def _parser() -> argparse.ArgumentParser:
                      help="comma-separated (default NDCG@1,NDCG@3)")
 
     sub.add_parser("list-systems", help="built-in systems and installed plugins")
+
+    fig = sub.add_parser("figures", help="the paper's Figures 4 and 5 from a finished run "
+                         "(PNG, SVG and CSV under OUT/figures)")
+    fig.add_argument("--out", default="runs/default", help="a results directory of `run`")
+    fig.add_argument("--figures", type=_ints, default=[4, 5],
+                     help="which: 4 (mixture weights, from stored cells) and/or 5 (NDCG@1 "
+                          "against unlabeled prompts; computes, cached)")
+    fig.add_argument("--prompts", type=_ints, default=[10, 25, 50, 100, 200],
+                     help="Figure 5's prompt counts (the table's own count is added)")
+    fig.add_argument("--settings", type=_csv, default=["warm", "cold"],
+                     help="settings to draw (default warm,cold)")
+
+    exp = sub.add_parser("explain", help="a case study: one test user's recommendation and "
+                         "its explanation by MoLoRec (the paper's Figure 6)")
+    exp.add_argument("--out", default="runs/default", help="a results directory of `run`")
+    exp.add_argument("--user", required=True, help="a test user id")
+    exp.add_argument("--table", default="warm", choices=tables)
+    exp.add_argument("--setting", help="default: the table's first setting")
+    exp.add_argument("--dataset", help="default: the one dataset with a MoLoRec cell")
+    exp.add_argument("--seed", type=int, help="default: the lowest seed run")
 
     proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -105,6 +135,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="share of items made new in the cold setting (default "
                         f"{defaults.cold_fraction})")
     b.add_argument("--max-users", type=int, help="seeded user subsample per part (>= 1)")
+    b.add_argument("--general-from", action="append", metavar="NAME[:PATH]",
+                   help=GENERAL_FROM_HELP)
 
     data = sub.add_parser("data", help="datasets").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -127,7 +159,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     res = publish_table(a.table, a.profile, a.out, reference=a.reference,
                         datasets=a.datasets, systems=a.systems, seeds=a.seeds, force=a.force,
-                        data_path=a.data_path)
+                        data_path=a.data_path, general_from=a.general_from)
     print(res.markdown)
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")
@@ -183,11 +215,14 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
 def _cmd_protocol(a: argparse.Namespace) -> int:
     from protocols.build import build_protocol
+    from protocols.general_corpus import parse
 
+    names, paths = parse(a.general_from or [])
     options = ProtocolOptions(kcore=a.kcore, general_fraction=a.general_fraction,
-                              cold_fraction=a.cold_fraction, max_users=a.max_users)
+                              cold_fraction=a.cold_fraction, max_users=a.max_users,
+                              general_from=names)
     m = build_protocol(a.dataset, a.setting, a.seed, a.out, data_path=a.data_path,
-                       options=options)
+                       options=options, general_paths=paths)
     print(json.dumps({"out": a.out, "counts": m["counts"],
                       "candidates_sha256": m["candidates_sha256"]}, indent=2))
     return 0
@@ -203,9 +238,27 @@ def _cmd_data(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_figures(a: argparse.Namespace) -> int:
+    from bench.cli_analysis import figures
+
+    for path in figures(Path(a.out), a.figures, a.prompts, a.settings, log=_warn):
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_explain(a: argparse.Namespace) -> int:
+    from bench.cli_analysis import explain
+
+    text, path = explain(Path(a.out), a.user, a.table, a.setting, a.dataset, a.seed)
+    print(text)
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"run": _cmd_run, "report": _cmd_report, "compare": _cmd_compare,
             "list-systems": _cmd_list,
-            "protocol": _cmd_protocol, "data": _cmd_data}
+            "protocol": _cmd_protocol, "data": _cmd_data, "figures": _cmd_figures,
+            "explain": _cmd_explain}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,12 +8,16 @@ specs (protocols.settings), which systems exist by the registry.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bench.registry import BUILTIN
 from protocols.options import ProtocolOptions
 
-DEFAULT_SYSTEMS = tuple(BUILTIN)  # every built-in, in row order
+# the rows of the paper's Table 3; "2nd-Finetune" appears in no other table by default
+FEWSHOT_SYSTEMS = ("TALLRec", "2nd-Finetune", "MoLoRec")
+FEWSHOT_ONLY = ("2nd-Finetune",)
+DEFAULT_SYSTEMS = tuple(n for n in BUILTIN if n not in FEWSHOT_ONLY)  # in row order
 
 
 @dataclass(frozen=True)
@@ -27,7 +31,33 @@ class Profile:
     # every system ranks the same candidates
     protocol_seed: int = 0
     note: str = ""
+    # a table's own defaults where they differ (table -> systems / datasets)
+    table_systems: Mapping[str, tuple[str, ...]] = field(
+        default_factory=lambda: {"fewshot": FEWSHOT_SYSTEMS})
+    table_datasets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # dataset -> the datasets its domain-general corpus comes from (protocols.general_corpus;
+    # absent: the seeded `protocol.general_fraction` of its own users)
+    general_from: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
+    def systems_for(self, table: str) -> tuple[str, ...]:
+        return tuple(self.table_systems.get(table, self.systems))
+
+    def datasets_for(self, table: str) -> tuple[str, ...]:
+        return tuple(self.table_datasets.get(table, self.datasets))
+
+
+# The paper's domain-general corpora (its Section 4.1.1 and Table 4): the Amazon 2014
+# 5-core categories of Table 4 (whose counts they match) for the three Amazon targets, and
+# MovieLens-10M for MovieLens-1M. The text says "seven" categories; Table 4 lists eight.
+AMAZON_GENERAL = tuple(f"amazon2014-{c}" for c in (
+    "Clothing_Shoes_and_Jewelry", "Cell_Phones_and_Accessories", "Grocery_and_Gourmet_Food",
+    "Health_and_Personal_Care", "Home_and_Kitchen", "Pet_Supplies",
+    "Tools_and_Home_Improvement", "Video_Games"))
+PAPER_GENERAL = {
+    **{f"amazon2014-{t}": AMAZON_GENERAL
+       for t in ("Beauty", "Toys_and_Games", "Sports_and_Outdoors")},
+    "ml-1m": ("ml-10m",),
+}
 
 PROFILES = {
     "smoke": Profile(
@@ -41,6 +71,9 @@ PROFILES = {
         ("amazon2014-Beauty", "amazon2014-Toys_and_Games", "amazon2014-Sports_and_Outdoors",
          "ml-1m"),
         (0, 1, 2),
+        # the paper's Table 3 is MovieLens-1M only
+        table_datasets={"fewshot": ("ml-1m",)},
+        general_from=PAPER_GENERAL,
         note="the paper's datasets and settings, for GPU machines (download first)"),
 }
 

@@ -45,6 +45,9 @@ BUILTIN: dict[str, str] = {
     "MoLoRec-G": "molorec.systems:MoLoRecG",
     "MoLoRec-S": "molorec.systems:MoLoRecS",
     "MoLoRec": "molorec.systems:MoLoRec",
+    # the paper's Table 3 only (bench.profiles: the few-shot table's default rows); its
+    # group places it among the LLM-based rows
+    "2nd-Finetune": "molorec.finetune2:SecondFinetune",
 }
 HINT = "See `python -m bench list-systems`."
 

@@ -17,8 +17,8 @@ import os
 import re
 import time
 import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -35,8 +35,8 @@ from bench.results import (
     metric_rows,
 )
 from bench.seeding import seed_everything
-from protocols import settings
-from protocols.build import build_protocol, source_hashes
+from protocols import general_corpus, settings
+from protocols.build import build_protocol, general_hashes, source_hashes
 from protocols.datasets import source_root
 from protocols.digest import digest, file_sha256, text_sha256
 from protocols.errors import HarnessError, OptionError, OutputError
@@ -58,7 +58,7 @@ def _slug(name: str) -> str:
 
 
 def _stale(root: Path, dataset: str, setting: str, seed: int, options: ProtocolOptions,
-           sources: dict[str, str]) -> str | None:
+           sources: dict[str, str], general: dict[str, dict[str, str]]) -> str | None:
     """Why the protocol at `root` cannot be reused for these inputs (None: it can)."""
     try:
         have = json.loads((root / "manifest.json").read_text())
@@ -74,6 +74,8 @@ def _stale(root: Path, dataset: str, setting: str, seed: int, options: ProtocolO
             return f"built with {key} {have.get(key)!r}, this run needs {want!r}"
     if have.get("source") != sources:
         return "built from other data (the source files' sha256 differ)"
+    if have.get("general_source", {}) != general:
+        return "built from another general corpus (its source files' sha256 differ)"
     files = have.get("files") or {}
     for name in FILES:
         if not (root / name).is_file() or file_sha256(root / name) != files.get(name):
@@ -84,19 +86,24 @@ def _stale(root: Path, dataset: str, setting: str, seed: int, options: ProtocolO
 def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: ProtocolOptions,
                     data_path: str | None = None, *, force: bool = False,
                     sources: dict[str, str] | None = None,
+                    general_paths: Mapping[str, str] | None = None,
                     log: Callable[[str], None] = print) -> Path:
     """Reuse the protocol directory under `out` only if it was built from the same source
-    files (sha256) with the same options and is intact; otherwise (or with `force`)
-    rebuild it. `sources` saves rehashing the data when the caller already has it."""
+    files (sha256, the general corpus's too) with the same options and is intact;
+    otherwise (or with `force`) rebuild it. `sources` saves rehashing the data when the
+    caller already has it; `general_paths`: directories of `options.general_from`."""
     root = Path(out) / "protocols" / _slug(dataset) / setting / f"seed-{seed}"
     if sources is None:
         sources = source_hashes(dataset, data_path)
-    reason = "--force" if force else _stale(root, dataset, setting, seed, options, sources)
+    general = general_hashes(options, general_paths)
+    reason = "--force" if force else _stale(root, dataset, setting, seed, options, sources,
+                                            general)
     if reason is None:
         return root
     if reason != "absent":
         log(f"rebuilding the protocol {root}: {reason}")
-    build_protocol(dataset, setting, seed, root, data_path=data_path, options=options)
+    build_protocol(dataset, setting, seed, root, data_path=data_path, options=options,
+                   general_paths=general_paths)
     return root
 
 
@@ -317,42 +324,52 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
               datasets: Sequence[str] | None = None, systems: Sequence[str] | None = None,
               seeds: Sequence[int] | None = None, force: bool = False,
               data_path: str | None = None, log: Callable[[str], None] = print, *,
-              keep_going: bool = True, render: Renderer | None = None) -> TableRun:
+              keep_going: bool = True, render: Renderer | None = None,
+              general_from: Sequence[str] | None = None) -> TableRun:
     """Run (or load from cache) every cell of a table.
 
     Options are checked before anything is written. `out` must be absent, empty or a
     results directory of this harness (see bench.outdir), and is locked for the run. A
     system that raises is recorded in `TableRun.failures` and the other cells go on
     (`keep_going=False`: re-raise). `render(run)`, if given, writes the table files while
-    the lock is still held (reports.publish.render_run; `python -m bench run` passes it)."""
+    the lock is still held (reports.publish.render_run; `python -m bench run` passes it).
+    `general_from` (`NAME[:PATH]` values) takes every dataset's domain-general corpus from
+    those datasets; None: the profile's choice per dataset (Profile.general_from)."""
     tables = settings.tables()
     if table not in tables:
         raise OptionError(f"unknown table {table!r}; use one of {', '.join(tables)}")
     if profile not in profiles.PROFILES:
         raise OptionError(f"unknown profile {profile!r}; use one of {', '.join(profiles.PROFILES)}")
     prof = profiles.get(profile)
-    datasets = _listed("--datasets", datasets, prof.datasets)
+    datasets = _listed("--datasets", datasets, prof.datasets_for(table))
     seeds = _listed("--seeds", seeds, prof.seeds)
     _check_seeds(seeds)
-    classes = _systems(_listed("--systems", systems, prof.systems), profile)
+    classes = _systems(_listed("--systems", systems, prof.systems_for(table)), profile)
     if data_path is not None and len(datasets) != 1:
         raise OptionError("--data-path is the directory of one dataset: name that dataset "
                           "with --datasets NAME")
+    given = general_corpus.parse(general_from) if general_from is not None else None
+    general = {d: given or (prof.general_from.get(d, ()), {}) for d in datasets}
+    options = {d: replace(prof.protocol, general_from=general[d][0]) for d in datasets}
+    for opts in options.values():
+        opts.check()
     out = Path(out)
     for d in datasets:
-        root = source_root(d, data_path)
-        if overlapping(root, out):
-            raise OutputError(f"--out {out} overlaps the input directory {root}; write "
-                              "results somewhere else")
+        for name, path in ((d, data_path), *((g, general[d][1].get(g))
+                                             for g in general[d][0])):
+            root = source_root(name, path)
+            if overlapping(root, out):
+                raise OutputError(f"--out {out} overlaps the input directory {root}; write "
+                                  "results somewhere else")
     t0 = time.perf_counter()
     with outdir.locked(out):
         protos = {}
         for d in datasets:
             sources = source_hashes(d, data_path)
             for s in tables[table]:
-                protos[(d, s)] = ensure_protocol(out, d, s, prof.protocol_seed, prof.protocol,
+                protos[(d, s)] = ensure_protocol(out, d, s, prof.protocol_seed, options[d],
                                                  data_path, force=force, sources=sources,
-                                                 log=log)
+                                                 general_paths=general[d][1], log=log)
         jobs = [(d, s, seed, name) for d in datasets for s in tables[table]
                 for seed in seeds for name in classes]
         done: list[tuple[str, CellResult]] = []

@@ -63,6 +63,31 @@ def extract(peft_model, adapter_name: str) -> Adapter:
     return Adapter(adapter_name, scaling, weights)
 
 
+def load_into(peft_model, adapter_name: str, adapter: Adapter) -> None:
+    """Set a peft model's LoRA `adapter_name` to `adapter`'s A/B matrices (the inverse of
+    `extract`): training then continues from that adapter."""
+    from peft.tuners.lora import LoraLayer
+
+    seen = set()
+    for name, mod in peft_model.named_modules():
+        if isinstance(mod, LoraLayer) and adapter_name in mod.lora_A:
+            base = name[len(PEFT_PREFIX):] if name.startswith(PEFT_PREFIX) else name
+            if base not in adapter.weights:
+                raise ValueError(f"adapter {adapter.name!r} has no weights for {base}")
+            if abs(float(mod.scaling[adapter_name]) - adapter.scaling) > 1e-9:
+                raise ValueError(f"{base}: scaling {mod.scaling[adapter_name]} differs from "
+                                 f"adapter {adapter.name!r}'s {adapter.scaling}")
+            a, b = adapter.weights[base]
+            with torch.no_grad():
+                mod.lora_A[adapter_name].weight.copy_(a)
+                mod.lora_B[adapter_name].weight.copy_(b)
+            seen.add(base)
+    missing = sorted(set(adapter.weights) - seen)
+    if missing:
+        raise ValueError(f"the model has no LoRA layer for {missing[0]} (and "
+                         f"{len(missing) - 1} more) of adapter {adapter.name!r}")
+
+
 def save_peft(adapter: Adapter, out: Path, base_model: str,
               record: Mapping[str, Any] | None = None) -> Path:
     """Write `adapter` as a PEFT LoRA directory (lora_alpha = scaling * r)."""

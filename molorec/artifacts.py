@@ -131,7 +131,8 @@ class ArtifactBuilder:
                 "negatives_per_target": cfg.get("negatives_per_target")}
 
     def _adapter(self, data: TrainData, kind: str, key: dict, cfg: dict, name: str,
-                 make: Callable[[Encoder], list[Example]], lr: float | None = None) -> Path:
+                 make: Callable[[Encoder], list[Example]], lr: float | None = None,
+                 init: Path | None = None) -> Path:
         bb = self.ensure_backbone(data)
         t0 = time.perf_counter()
         train_cfg = dict(cfg["train"])
@@ -144,7 +145,7 @@ class ArtifactBuilder:
             key = {**key, "max_examples": int(cap)}
         path = L.ensure_adapter(self.workdir, kind, key, bb,
                                 lambda: capped(make(enc), cap, self.seed), self.lora,
-                                settings, self.seed, name)
+                                settings, self.seed, name, init)
         meta = A.record(path)
         label = f"{name}@lr={settings.lr:g}"
         self.info.setdefault("adapters", {})[label] = {

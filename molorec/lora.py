@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from molorec.adapters import Adapter, extract, save_peft
+from molorec.adapters import Adapter, extract, load_into, load_peft, save_peft
 from molorec.backbone import Backbone
 from molorec.cache import artifact_path, cached_dir, is_built
 from molorec.instructions import Example
@@ -36,8 +36,10 @@ class LoraSettings:
 
 
 def train_adapter(backbone: Backbone, examples: Sequence[Example], lora: LoraSettings,
-                  settings: TrainSettings, seed: int, name: str) -> tuple[Adapter, list[float]]:
-    """Fit one LoRA adapter on `examples` (loss on answer tokens), backbone frozen."""
+                  settings: TrainSettings, seed: int, name: str,
+                  init: Adapter | None = None) -> tuple[Adapter, list[float]]:
+    """Fit one LoRA adapter on `examples` (loss on answer tokens), backbone frozen;
+    starting from `init`'s weights when given (a second round of fine-tuning)."""
     from peft import LoraConfig, get_peft_model
 
     model, tok = backbone.load()
@@ -47,6 +49,8 @@ def train_adapter(backbone: Backbone, examples: Sequence[Example], lora: LoraSet
     config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=target, bias="none", task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, config, adapter_name=name)
+    if init is not None:
+        load_into(peft_model, name, init)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     losses = train(peft_model, examples, settings, seed, pad)
     return extract(peft_model, name), losses
@@ -54,9 +58,11 @@ def train_adapter(backbone: Backbone, examples: Sequence[Example], lora: LoraSet
 
 def ensure_adapter(workdir: str | Path, kind: str, key: dict[str, Any], backbone: Backbone,
                    make_examples: Callable[[], list[Example]], lora: LoraSettings,
-                   settings: TrainSettings, seed: int, name: str) -> Path:
+                   settings: TrainSettings, seed: int, name: str, init: Path | None = None
+                   ) -> Path:
     """The cached adapter for `key`, trained (once) if missing. `key` must hold everything
-    the examples depend on; the backbone, LoRA and training settings are added here."""
+    the examples depend on; the backbone, LoRA and training settings are added here.
+    `init`: the adapter training starts from (its identity must be in `key`)."""
     from accelerate import PartialState
 
     state = PartialState()
@@ -70,7 +76,8 @@ def ensure_adapter(workdir: str | Path, kind: str, key: dict[str, Any], backbone
     def fit() -> tuple[Adapter, dict[str, Any]]:
         t0 = time.perf_counter()
         examples = make_examples()
-        adapter, losses = train_adapter(backbone, examples, lora, settings, seed, name)
+        start = {} if init is None else {"init": load_peft(init)}
+        adapter, losses = train_adapter(backbone, examples, lora, settings, seed, name, **start)
         return adapter, {"losses": losses, "examples": len(examples),
                          "seconds": time.perf_counter() - t0,
                          "processes": state.num_processes, "compute": settings.compute}

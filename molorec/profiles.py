@@ -194,3 +194,19 @@ def _reclora(prof: str) -> dict[str, Any]:
 
 
 PROFILES["reclora"] = {prof: _reclora(prof) for prof in COMMON}
+
+# The "2nd Finetune" row (molorec.finetune2, the paper's Table 3): the general LoRA trained
+# further on the target domain with the domain-specific module's budget (its settings are
+# copied from `specific`, so tuning those tunes both), plus the generate-mode check of its
+# answers: `invalid_rate` generates on `n_prompts` unlabeled test prompts that list the
+# candidates (None: every test user of the first scoring batch), `before` also checks the
+# general LoRA it started from.
+_INVALID_RATE = {
+    "smoke": {"n_prompts": 20, "list_candidates": True, "max_new_tokens": 32, "before": True},
+    "cpu": {"n_prompts": 100, "list_candidates": True, "max_new_tokens": 48, "before": False},
+    "paper": {"n_prompts": None, "list_candidates": True, "max_new_tokens": 64, "before": True},
+}
+FINETUNE2: dict[str, dict[str, Any]] = {
+    prof: {**copy.deepcopy(COMMON[prof]["specific"]), "invalid_rate": _INVALID_RATE[prof]}
+    for prof in COMMON
+}

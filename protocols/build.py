@@ -3,19 +3,22 @@
 Pipeline: load (the dataset's spec) -> clean titles -> drop repeated (user, item) pairs ->
 seeded user-disjoint general/specific partition -> k-core each part -> chronological
 order -> split (the setting's spec) -> sample 1 + `negatives` candidates for validation
-and test -> write. Options and their defaults: protocols.options.ProtocolOptions.
+and test -> write. With `general_from`, every user of the dataset is a target user and
+the general corpus comes from those datasets, overlap removed (protocols.general_corpus).
+Options and their defaults: protocols.options.ProtocolOptions.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from protocols import filtering, settings, splits
+from protocols import filtering, general_corpus, settings, splits
 from protocols.datasets import load_dataset, source_files, source_root
 from protocols.digest import file_sha256
 from protocols.errors import OptionError, OutputError, ProtocolError
@@ -79,6 +82,14 @@ def source_hashes(dataset: str, data_path: str | Path | None) -> dict[str, str]:
             if p.suffix not in (".kg", ".link")}
 
 
+def general_hashes(options: ProtocolOptions, general_paths: Mapping[str, str | Path] | None
+                   ) -> dict[str, dict[str, str]]:
+    """sha256 of the raw files of every `general_from` dataset (the manifest's
+    `general_source`; empty for the default corpus)."""
+    return {s.name: source_hashes(s.name, s.path)
+            for s in general_corpus.sources(options.general_from, general_paths)}
+
+
 def check_request(setting: str, seed: int, options: ProtocolOptions) -> SettingSpec:
     """The setting's spec, after the range checks (before any data is read: a bad value is
     an error, never a default)."""
@@ -91,28 +102,42 @@ def check_request(setting: str, seed: int, options: ProtocolOptions) -> SettingS
 
 def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
                    data_path: str | Path | None = None, options: ProtocolOptions | None = None,
+                   general_paths: Mapping[str, str | Path] | None = None,
                    **overrides: Any) -> dict[str, Any]:
     """Build one protocol directory and return its manifest. `options` (default
-    ProtocolOptions()) with `overrides` (kcore=..., cold_fraction=...) applied.
+    ProtocolOptions()) with `overrides` (kcore=..., cold_fraction=...) applied;
+    `general_paths` gives the directory of a `general_from` dataset (default: its own).
 
     `out` must be absent, empty, or a protocol directory built before (it is replaced);
-    it may not overlap the input directory."""
+    it may not overlap any input directory."""
     opts = replace(options or ProtocolOptions(), **overrides)
     spec = check_request(setting, seed, opts)
     out = Path(out)
     root = source_root(dataset, data_path)
-    if overlapping(root, out):
-        raise OutputError(f"--out {out} overlaps the input directory {root}; write the "
-                          "protocol somewhere else")
+    srcs = general_corpus.sources(opts.general_from, general_paths)
+    for r in (root, *(source_root(s.name, s.path) for s in srcs)):
+        if overlapping(r, out):
+            raise OutputError(f"--out {out} overlaps the input directory {r}; write the "
+                              "protocol somewhere else")
+    for s in srcs:
+        if s.name == dataset or overlapping(source_root(s.name, s.path), root):
+            raise OptionError(f"--general-from {s.name}: the domain-general corpus must come "
+                              f"from another dataset than {dataset} (omit --general-from to "
+                              "split the dataset's users)")
     check_protocol_out(out)
     raw = load_dataset(dataset, data_path)
     # sorted once here; every later step selects with masks and so keeps this order
     inter = filtering.drop_repeats(filtering.chronological(filtering.clean_titles(raw)))
-    general, target = filtering.split_users(inter, opts.general_fraction, seed)
+    if srcs:  # every user is a target user; the corpus comes from elsewhere (below)
+        general, target = None, inter
+    else:
+        general, target = filtering.split_users(inter, opts.general_fraction, seed)
     if opts.max_users is not None:
-        general = filtering.sample_users(general, opts.max_users, seed)
+        if general is not None:
+            general = filtering.sample_users(general, opts.max_users, seed)
         target = filtering.sample_users(target, opts.max_users, seed)
-    general = filtering.k_core(general, opts.kcore)
+    if general is not None:
+        general = filtering.k_core(general, opts.kcore)
     target = filtering.k_core(target, opts.kcore)
     if len(target) == 0:
         raise ProtocolError(f"no interactions left after {opts.kcore}-core filtering of "
@@ -129,6 +154,14 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         negs[name] = candidate_rows(rng, part.positives, neg)
 
     cold_ids = set(target.item_ids[split.cold_items]) if split.cold_items is not None else set()
+    titles = inter.titles
+    external = None
+    if srcs:
+        eval_ids = set(target.item_ids[np.concatenate([split.valid.positives,
+                                                       split.test.positives])])
+        external = general_corpus.external_general(
+            srcs, target, eval_ids, cold_ids, opts.kcore, opts.max_users, seed, load_dataset)
+        general, titles = external.general, {**titles, **external.titles}
     grag, gitem_ids = _general_ragged(general, cold_ids)
 
     users_q = _quoted(target.user_ids)
@@ -142,7 +175,6 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     mentioned = set(target.item_ids[np.unique(np.concatenate(
         [split.train.items, negs["valid"].ravel(), negs["test"].ravel()]))])
     mentioned |= set(gitem_ids[np.unique(grag.items)])
-    titles = inter.titles
     ordered = sorted(mentioned, key=lambda i: (len(i), i))
     texts["items.jsonl"] = "".join(
         json.dumps({"item": i, "title": titles[i]}, ensure_ascii=False) + "\n" for i in ordered)
@@ -154,6 +186,7 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         "general_users": len(grag.users), "general_interactions": len(grag.items),
         "valid_users": len(split.valid.users), "test_users": len(split.test.users),
         **{k: int(v) for k, v in inter.stats.items()}, **split.counts,
+        **({f"general_{k}": v for k, v in external.counts.items()} if external else {}),
     }
     manifest: dict[str, Any] = {
         "format": FORMAT, "dataset": dataset, "setting": setting, "seed": seed,
@@ -161,6 +194,9 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         "source": source_hashes(dataset, data_path),
         "counts": counts,
     }
+    if external is not None:
+        manifest["general_source"] = general_hashes(opts, general_paths)
+        manifest["general_sources"] = external.per_source
     with atomic_dir(out, check=check_protocol_out) as tmp:
         for name in FILES:
             (tmp / name).write_text(texts[name], encoding="utf-8")

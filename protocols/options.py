@@ -17,14 +17,22 @@ class ProtocolOptions:
     cold_fraction: float = 0.1  # share of target items made new in the cold setting
     max_users: int | None = None  # seeded user subsample per part (None: all)
     negatives: int = 29  # sampled negatives per validation and test user
+    # datasets the domain-general corpus comes from (protocols.general); empty: the seeded
+    # `general_fraction` of the target dataset's own users
+    general_from: tuple[str, ...] = ()
 
     @property
     def n_candidates(self) -> int:
         return self.negatives + 1
 
     def as_dict(self) -> dict[str, Any]:
-        """What a manifest records under `options`."""
-        return asdict(self)
+        """What a manifest records under `options` (`general_from` only when set, so
+        manifests of the default corpus are unchanged)."""
+        out = asdict(self)
+        out["general_from"] = list(self.general_from)
+        if not self.general_from:
+            del out["general_from"]
+        return out
 
     def check(self) -> None:
         """Range checks, before any data is read (a bad value is an error, never a
@@ -39,6 +47,10 @@ class ProtocolOptions:
                               f"got {self.max_users!r}")
         if not _int_at_least(self.negatives, 1):
             raise OptionError(f"negatives must be an integer >= 1, got {self.negatives!r}")
+        names = self.general_from
+        if (isinstance(names, str) or not all(isinstance(n, str) and n for n in names)
+                or len(set(names)) != len(names)):
+            raise OptionError(f"--general-from must name distinct datasets, got {names!r}")
 
 
 def _int_at_least(value: Any, low: int) -> bool:

@@ -82,7 +82,18 @@ def warm(inter: Interactions) -> Split:
 
 def fewshot(inter: Interactions, percent: int, seed: int) -> Split:
     """Warm split with a seeded, nested percent of training samples kept."""
-    split = warm(inter)
+    return thin(warm(inter), percent, seed)
+
+
+def fewshot_cold(inter: Interactions, percent: int, seed: int, fraction: float,
+                 k: int = ProtocolOptions.negatives) -> Split:
+    """New-item split with a seeded, nested percent of its training samples kept
+    (validation and test as in `cold`)."""
+    return thin(cold(inter, fraction, seed, k), percent, seed)
+
+
+def thin(split: Split, percent: int, seed: int) -> Split:
+    """Keep a seeded `percent` of the split's training samples; the rest is untouched."""
     tr = split.train
     lengths = np.diff(tr.indptr)
     n_samples = np.maximum(lengths - 1, 0)
@@ -97,7 +108,8 @@ def fewshot(inter: Interactions, percent: int, seed: int) -> Split:
     split.targets = [
         np.flatnonzero(kept[bounds[n]: bounds[n + 1]]) + 1 for n in range(len(tr.users))
     ]
-    split.counts = {"training_samples_total": total, "training_samples_kept": int(kept.sum())}
+    split.counts = {**split.counts, "training_samples_total": total,
+                    "training_samples_kept": int(kept.sum())}
     return split
 
 

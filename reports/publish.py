@@ -24,13 +24,14 @@ from reports.tables import render_all
 
 def caption_notes(results: Sequence[CellResult]) -> list[str]:
     """Facts the caption must state that only the cells know: each system may put a
-    `caption_note` in its describe() (the LLM rows name their backbone, backend and
-    ranking mode); equal notes are stated once, in row order."""
+    `caption_note` (a sentence, or a list of them) in its describe() (the LLM rows name
+    their backbone, backend and ranking mode); equal notes are stated once, in row order."""
     notes: list[str] = []
     for r in results:
         note = r.meta.get("describe", {}).get("caption_note")
-        if note and note not in notes:
-            notes.append(str(note))
+        for n in note if isinstance(note, list) else [note]:
+            if n and str(n) not in notes:
+                notes.append(str(n))
     return notes
 
 

@@ -175,6 +175,7 @@ def latex(table: Table) -> str:
 
 
 def latex_document(table: Table) -> str:
-    """A minimal standalone article around `latex(table)` (compiles with pdflatex)."""
+    """A minimal standalone article around the table's LaTeX (compiles with pdflatex)."""
     return "\n".join([r"\documentclass{article}", r"\usepackage{booktabs}",
-                      r"\begin{document}", latex(table).rstrip("\n"), r"\end{document}"]) + "\n"
+                      r"\begin{document}", table.to_latex().rstrip("\n"),
+                      r"\end{document}"]) + "\n"

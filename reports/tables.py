@@ -8,6 +8,13 @@ corrected across all best-vs-runner-up comparisons of the table. Reference rows 
 Pop) are sanity floors: shown apart, never marked or tested. Every system in a column must
 have been scored on the same candidate file(s): one file for all seeds, or one per seed when
 the runner builds a protocol per seed (then the paired units are (seed's file, user)).
+
+Layout: systems as rows (Tables 1 and 2), or, when every setting's spec names its row
+(scenario, share), settings as rows and systems as columns (Table 3, reports.by_setting);
+the marks are the same, computed per (dataset, setting, metric). The metrics shown are the
+settings' (`SettingSpec.metrics`) unless the caller names them. A cell's describe() may
+hold `rates` ({label: share}, e.g. the invalid-answer rate in generate mode): shown beside
+its system in the Table 3 layout, averaged over seeds, never marked or tested.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from protocols import settings
 from protocols.options import ProtocolOptions
 from protocols.stats import holm, paired_ttest
 from protocols.store import atomic_write_text
-from reports import paper_reference, render
+from reports import by_setting, paper_reference, render
 
 COMPARED_GROUPS = ("Traditional", "Transferable", "LLM-Based", "Ours")
 REFERENCE_GROUP = "Reference"
@@ -109,6 +116,9 @@ class Table:
     caption: str
     alpha: float = 0.05
     published: dict[str, Any] | None = field(default=None)
+    layout: str = "systems"  # "systems": a row per system; "settings": a row per setting
+    # (system, dataset, setting) -> {label: mean over seeds} from the cells' describe()
+    rates: dict[tuple[str, str, str], dict[str, float]] = field(default_factory=dict)
 
     def column_label(self, j: int, with_metric: bool = True) -> str:
         c = self.columns[j]
@@ -124,10 +134,26 @@ class Table:
                 out.append((g, rows))
         return out
 
+    def setting_row(self, j: int) -> tuple[str, str]:
+        """(scenario, share) of column j's setting, in the Table 3 layout."""
+        spec = settings.find(self.columns[j].setting)
+        if spec is None or spec.row is None:
+            return (self.columns[j].setting, "")
+        return spec.row
+
+    def rate_labels(self, system: str) -> list[str]:
+        """The rate labels any of `system`'s cells reports, in first-seen order."""
+        return list(dict.fromkeys(label for (s, _, _), r in self.rates.items() if s == system
+                                  for label in r))
+
     def to_markdown(self) -> str:
+        if self.layout == "settings":
+            return by_setting.markdown(self)
         return render.markdown(self)
 
     def to_latex(self) -> str:
+        if self.layout == "settings":
+            return by_setting.latex(self)
         return render.latex(self)
 
     def to_latex_document(self) -> str:
@@ -156,7 +182,9 @@ class Table:
                 "test": "two-sided paired t-test over per-user values averaged over seeds "
                         "sharing a candidate file (pairs: (candidate file, user))",
                 "correction": "holm", "columns": cols, "rows": rows, "comparisons": comps,
-                "caption": self.caption, "published": pub}
+                "caption": self.caption, "published": pub, "layout": self.layout,
+                "rates": [{"system": s, "dataset": d, "setting": st, "rates": r}
+                          for (s, d, st), r in self.rates.items()]}
 
 
 # ----------------------------------------------------------------------------- building
@@ -258,7 +286,7 @@ def _mark_column(values: dict[str, float]) -> tuple[list[str], list[str]]:
 
 
 def build_table(results: Iterable[CellResult], *, table: str | None = None,
-                metrics: Sequence[str] = ("NDCG@1", "NDCG@3"),
+                metrics: Sequence[str] | None = None,
                 order: Sequence[str] | None = None,
                 notes: str | Sequence[str] | Mapping[str, Any] | None = None,
                 reference: str | None = None, alpha: float = 0.05,
@@ -266,6 +294,7 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
     """Aggregate cells (one per dataset/setting/system/seed) into a marked comparison table.
 
     `table` keeps only results of that table name (all results must share one otherwise);
+    `metrics` default to the settings' (SettingSpec.metrics; NDCG@1 and NDCG@3 otherwise);
     `order` (row labels; callers pass the registry's) fixes the row order within groups,
     rows not in it following in the order they come; `notes` are appended to the caption;
     `reference="paper"` adds the paper's published numbers as a separate block;
@@ -282,7 +311,7 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
     if len(names) > 1:
         raise ValueError(f"results mix tables {sorted(names)}; pass table= to pick one")
     name = names.pop()
-    metrics = tuple(metrics)
+    metrics = tuple(metrics) if metrics is not None else _spec_metrics(results)
     if not metrics:
         raise ValueError("need at least one metric")
     if reference not in (None, "paper"):
@@ -398,10 +427,34 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
         published = paper_reference.published_block(next(iter(paper)))
     width = {r.n_candidates for r in results if r.n_candidates}
     n_cand = width.pop() if len(width) == 1 else ProtocolOptions().n_candidates
+    by_rows = all((sp := settings.find(s)) is not None and sp.row is not None
+                  for _, s in ds_keys)
+    layout = "settings" if by_rows else "systems"
     caption = _caption(name, specs, columns, rows, len(comparisons), alpha, metrics,
-                       _notes_text(notes), ds_keys, n_cand)
+                       _notes_text(notes), ds_keys, n_cand, layout)
     return Table(name, next(iter(paper)) if len(paper) == 1 else None, columns, rows,
-                 comparisons, caption, alpha, published)
+                 comparisons, caption, alpha, published, layout, _rates(cells))
+
+
+def _spec_metrics(results: Sequence[CellResult]) -> tuple[str, ...]:
+    """The metrics the results' settings ask for (their specs agree), else the default."""
+    found = {sp.metrics for r in results if (sp := settings.find(r.setting)) is not None}
+    return found.pop() if len(found) == 1 else ("NDCG@1", "NDCG@3")
+
+
+def _rates(cells: Mapping[tuple[str, str, str], list[CellResult]]
+           ) -> dict[tuple[str, str, str], dict[str, float]]:
+    """(system, dataset, setting) -> each rate its cells' describe() reports, mean over
+    the seeds that report it."""
+    out: dict[tuple[str, str, str], dict[str, float]] = {}
+    for (d, s, system), cs in sorted(cells.items()):
+        found: dict[str, list[float]] = {}
+        for c in cs:
+            for label, v in ((c.meta.get("describe") or {}).get("rates") or {}).items():
+                found.setdefault(str(label), []).append(float(v))
+        if found:
+            out[(system, d, s)] = {k: float(np.mean(v)) for k, v in found.items()}
+    return out
 
 
 def _files_text(cands: tuple[Candidates, ...]) -> str:
@@ -412,17 +465,17 @@ def _files_text(cands: tuple[Candidates, ...]) -> str:
 
 
 def _caption(name, specs, columns, rows, n_tests, alpha, metrics, notes, ds_keys,
-             n_cand) -> str:
+             n_cand, layout="systems") -> str:
     what = "; ".join(dict.fromkeys(sp.title for sp in specs)) or name
     files = {(c.dataset, c.setting): c.candidates for c in columns}
-    cands, done = [], set()
-    for d, s in ds_keys:  # one entry per dataset when all its settings share candidates
-        shared = len({files[k] for k in ds_keys if k[0] == d}) == 1
-        if d in done:
-            continue
-        if shared:
-            done.add(d)
-        cands.append(f"{d if shared else f'{d} ({s})'} {_files_text(files[(d, s)])}")
+    sharing: dict[tuple, list[str]] = {}  # (dataset, files) -> the settings ranking them
+    for d, s in ds_keys:
+        sharing.setdefault((d, files[(d, s)]), []).append(s)
+    cands = []
+    for (d, cand), ss in sharing.items():  # one entry per dataset when its settings share
+        alone = sum(1 for k in sharing if k[0] == d) == 1
+        label = d if alone else f"{d} ({', '.join(ss)})"
+        cands.append(f"{label} {_files_text(cand)}")
     per_seed = any(len(c.candidates) > 1 for c in columns)
     unit = ("per-user values (averaged over seeds that share a candidate file; each seed "
             "has its own protocol here, so the pairs are (seed, user))" if per_seed else
@@ -441,14 +494,17 @@ def _caption(name, specs, columns, rows, n_tests, alpha, metrics, notes, ds_keys
         f"metrics {', '.join(metrics)}, mean over users.",
         f"Candidates sha256 (first 12 hex): {'; '.join(cands)}.",
         f"Seeds: {seeds}; a value is the mean over seeds.",
-        "Bold: best; underlined: second best, among compared rows (Reference rows excluded). "
+        ("Bold: best; underlined: second best, among compared rows (Reference rows excluded). "
+         if layout == "systems" else "Bold: best; underlined: second best, in each row among "
+         "the compared systems (Reference columns excluded). ") +
         f"*: best vs runner-up significant, two-sided paired t-test over {unit}, "
         f"p < {alpha:g} after Holm correction across the table's "
         f"{n_tests} best-vs-runner-up comparison{'s' if n_tests != 1 else ''}; "
         "ties for best get no star.",
     ]
     if any(r.reference for r in rows):
-        parts.append("Reference rows are sanity floors, not compared.")
+        parts.append(f"Reference {'rows' if layout == 'systems' else 'columns'} are sanity "
+                     "floors, not compared.")
     parts += [n if n.endswith(".") else n + "." for n in notes]
     return " ".join(parts)
 

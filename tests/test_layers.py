@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = {"protocols": 0, "bench": 1, "reports": 2, "baselines": 3, "molorec": 3}
-COMMAND_LINE = {"bench.cli", "bench.__main__"}  # composes every layer: it is the top
+# they compose every layer: the top (bench.cli_analysis: `bench figures`, `bench explain`)
+COMMAND_LINE = {"bench.cli", "bench.__main__", "bench.cli_analysis"}
 SYSTEMS = {"baselines", "molorec"}
 
 

@@ -132,6 +132,25 @@ def test_fewshot_nested_and_sized(protocol_dirs):
     assert kept[10] < kept[20] < kept[30]
 
 
+def test_cold_fewshot_thins_the_cold_split_nested(protocol_dirs, tmp_path):
+    kept, cold = {}, protocol_dirs["cold"]
+    full = {r["user"]: r["items"] for r in _rows(cold, "train.jsonl")}
+    for p in (10, 30):
+        d = tmp_path / f"c{p}"
+        m = build_protocol("ml-100k", f"fewshot-cold-{p}", 0, d)
+        rows = _rows(d, "train.jsonl")
+        # whole cold-split sequences (so no cold item), with a share of their positions kept
+        assert {r["user"]: r["items"] for r in rows} == full
+        kept[p] = {(r["user"], t) for r in rows for t in r["targets"]}
+        total = sum(len(r["items"]) - 1 for r in rows)
+        assert m["counts"]["training_samples_total"] == total
+        assert abs(len(kept[p]) - total * p / 100) <= 1
+        # validation, test and the general corpus are those of the cold setting
+        for name in ("valid_candidates.jsonl", "test_candidates.jsonl", "general.jsonl"):
+            assert (d / name).read_bytes() == (cold / name).read_bytes()
+    assert kept[10] < kept[30]
+
+
 def test_loader_sees_targets_and_test_history(protocol_dirs):
     p = load_protocol(protocol_dirs["fewshot-10"])
     assert all(s.targets is not None for s in p.data.train)

@@ -48,7 +48,9 @@ def _plugins(monkeypatch, group, *pairs):
 
 def test_builtin_settings_make_the_tables_and_unknown_names_suggest():
     assert settings.tables() == {"warm": ("warm",), "cold": ("cold",),
-                                 "fewshot": ("fewshot-10", "fewshot-20", "fewshot-30")}
+                                 "fewshot": ("fewshot-10", "fewshot-20", "fewshot-30",
+                                             "fewshot-cold-10", "fewshot-cold-20",
+                                             "fewshot-cold-30")}
     assert settings.get("WARM").name == "warm"
     with pytest.raises(ProtocolError, match="Did you mean 'warm'"):
         settings.get("wram")

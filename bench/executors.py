@@ -39,6 +39,7 @@ Outcome = CellOutput | CellError
 RETRIES = 2  # a cell whose worker dies runs at most 1 + RETRIES times
 POLL_S = 0.5
 CONNECT_TIMEOUT_S = 30
+START_TIMEOUT_S = 300  # local workers import nothing heavy before their first cell
 
 
 class Progress:
@@ -170,7 +171,7 @@ class DaskExecutor(Executor):
         cluster = _local_cluster(jobs, retries)
         try:
             client = Client(cluster, set_as_default=False)
-            client.wait_for_workers(jobs)
+            client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
         except BaseException:
             cluster.close()
             _restore_environ(saved)

@@ -239,9 +239,9 @@ def _systems(names: tuple[str, ...], profile: str) -> dict[str, type[System]]:
     return classes
 
 
-def _failure(task: CellTask, cls: type[System], error: CellError) -> CellFailure:
+def _failure(task: CellTask, error: CellError) -> CellFailure:
     return CellFailure(task.dataset, task.setting, task.system,
-                       registry.label_for(cls, task.profile), cls.group, task.seed,
+                       registry.label_for(task.cls, task.profile), task.cls.group, task.seed,
                        error.error, error.traceback)
 
 
@@ -309,23 +309,21 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
         manifests = {k: json.loads((p / "manifest.json").read_text()) for k, p in protos.items()}
         grid = [(d, s, seed, name) for d in datasets for s in tables[table]
                 for seed in seeds for name in classes]
-        cell_dirs, tasks, todo = [], [], []
+        todo: list[tuple[int, CellTask, Path]] = []
         done: dict[int, CellResult] = {}
         for n, (d, s, seed, name) in enumerate(grid):
-            cell_dirs.append(out / "cells" / _slug(d) / s / _slug(name) / f"seed-{seed}")
+            cell_dir = out / "cells" / _slug(d) / s / _slug(name) / f"seed-{seed}"
             task = _task(protos[(d, s)], manifests[(d, s)], name, classes[name], profile, seed,
                          workdir, table, token)
-            if not force and (cached := _cached(cell_dirs[n], task.key, protos[(d, s)],
+            if not force and (cached := _cached(cell_dir, task.key, protos[(d, s)],
                                                 log)) is not None:
                 done[n] = cached
                 continue
-            _check_cell_dir(cell_dirs[n])
-            tasks.append(task)
-            todo.append(n)
-        if tasks and not isinstance(executor, Serial):
-            log(f"{len(tasks)} of {len(grid)} cells to compute on {executor.name}")
-        failures = _compute(executor, tasks, todo, grid, cell_dirs, protos, done, keep_going,
-                            classes, f"{table} table", failures_path(out, table), log)
+            _check_cell_dir(cell_dir)
+            todo.append((n, task, cell_dir))
+        if todo and not isinstance(executor, Serial):
+            log(f"{len(todo)} of {len(grid)} cells to compute on {executor.name}")
+        failures = _compute(executor, todo, len(grid), done, keep_going, out, table, log)
         _record_failures(out, table, failures)
         failed = {f.system for f in failures}
         ranked = sorted(classes, key=lambda n: registry.rank(classes[n]))
@@ -339,28 +337,28 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     return run
 
 
-def _compute(executor: Executor, tasks: list[CellTask], todo: list[int], grid: list[tuple],
-             cell_dirs: list[Path], protos: dict, done: dict[int, CellResult],
-             keep_going: bool, classes: dict[str, type[System]], desc: str, where: Path,
+def _compute(executor: Executor, todo: list[tuple[int, CellTask, Path]], total: int,
+             done: dict[int, CellResult], keep_going: bool, out: Path, table: str,
              log: Callable[[str], None]) -> list[CellFailure]:
-    """Run the tasks on the executor, writing each cell as it comes back (into `done`);
-    the failed cells, in grid order."""
+    """Run the (grid index, task, cell directory) items on the executor and write each
+    cell as it comes back (into `done`, by grid index); returns the failed cells in grid
+    order."""
     failures: dict[int, CellFailure] = {}
-    progress = Progress(len(grid), desc)
+    progress = Progress(total, f"{table} table")
     progress.finished(True, len(done))
     try:
-        for i, outcome in executor.run(tasks, progress):
-            n, task = todo[i], tasks[i]
+        for i, outcome in executor.run([task for _, task, _ in todo], progress):
+            n, task, cell_dir = todo[i]
             if isinstance(outcome, CellError):
                 if outcome.harness:
                     raise outcome.exc or HarnessError(outcome.error)
                 if not keep_going:
                     raise outcome.exc or RuntimeError(f"{task.where()}: {outcome.error}")
-                failures[n] = _failure(task, classes[task.system], outcome)
-                log(f"FAILED {failures[n].line()} (traceback in {where})")
+                failures[n] = _failure(task, outcome)
+                log(f"FAILED {failures[n].line()} (traceback in {failures_path(out, table)})")
                 progress.finished(False)
                 continue
-            done[n] = write_cell(cell_dirs[n], outcome, protos[grid[n][:2]])
+            done[n] = write_cell(cell_dir, outcome, Path(task.protocol))
             progress.finished(True)
     finally:
         progress.close()

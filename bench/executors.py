@@ -113,13 +113,30 @@ def _visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def _local_config() -> dict[str, Any]:
+    """Dask settings of a local cluster, held while it runs (a Nanny reads some of them
+    again whenever it restarts a dead worker)."""
+    # Workers inherit this process's thread settings (Dask would pin OMP/MKL/OpenBLAS to 1
+    # thread, which a serial run does not do), so they compute the serial run's numbers.
+    config: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": None
+                              for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                        "OPENBLAS_NUM_THREADS")}
+    # a worker takes a cell only when it is free: cells are long, and a cell queued behind
+    # another on a busy worker would wait while a free worker idles
+    config["distributed.scheduler.worker-saturation"] = 1.0
+    # a cell may start processes of its own (vLLM's engine core, a DataLoader's workers),
+    # which Python refuses in a daemonic process
+    config["distributed.worker.daemon"] = False
+    return config
+
+
 def _local_cluster(jobs: int, retries: int) -> Any:
     """N single-threaded worker processes on 127.0.0.1 (no dashboard, no memory limit: an
     LLM cell may need most of the machine). With G GPUs, worker i sees GPU i mod G and the
-    first G workers offer a `GPU` resource, so GPU cells run one per GPU."""
+    first G workers offer a `GPU` resource, so GPU cells run one per GPU. Call it inside
+    `dask.config.set(_local_config())`."""
     import logging
 
-    import dask
     from distributed import Nanny, Scheduler, SpecCluster
 
     gpus = _visible_gpus()
@@ -135,16 +152,7 @@ def _local_cluster(jobs: int, retries: int) -> Any:
     scheduler = {"cls": Scheduler, "options": {
         "host": "127.0.0.1", "dashboard": False, "dashboard_address": None,
         "allowed_failures": retries}}
-    # Workers inherit this process's thread settings (Dask would pin OMP/MKL/OpenBLAS to 1
-    # thread, which a serial run does not do), so they compute the serial run's numbers.
-    config: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": None
-                              for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                        "OPENBLAS_NUM_THREADS")}
-    # a worker takes a cell only when it is free: cells are long, and a cell queued behind
-    # another on a busy worker would wait while a free worker idles
-    config["distributed.scheduler.worker-saturation"] = 1.0
-    with dask.config.set(config):
-        return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
 def _restore_environ(saved: dict[str, str]) -> None:
@@ -159,25 +167,32 @@ class DaskExecutor(Executor):
     """Cells as Dask tasks; the protocol files are scattered once and travel to workers."""
 
     def __init__(self, client: Any, cluster: Any = None, retries: int = RETRIES,
-                 name: str = "dask", environ: dict[str, str] | None = None):
+                 name: str = "dask", environ: dict[str, str] | None = None,
+                 settings: Any = None):
         self.client, self.cluster, self.retries, self.name = client, cluster, retries, name
-        self._environ = environ
+        self._environ, self._settings = environ, settings
 
     @classmethod
     def local(cls, jobs: int, retries: int = RETRIES) -> DaskExecutor:
+        import dask
         from distributed import Client
 
         saved = dict(os.environ)
-        cluster = _local_cluster(jobs, retries)
+        settings = dask.config.set(_local_config())
         try:
-            client = Client(cluster, set_as_default=False)
-            client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
+            cluster = _local_cluster(jobs, retries)
+            try:
+                client = Client(cluster, set_as_default=False)
+                client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
+            except BaseException:
+                cluster.close()
+                raise
         except BaseException:
-            cluster.close()
+            settings.__exit__(None, None, None)
             _restore_environ(saved)
             raise
         _restore_environ(saved)
-        return cls(client, cluster, retries, f"{jobs} local worker processes", saved)
+        return cls(client, cluster, retries, f"{jobs} local worker processes", saved, settings)
 
     @classmethod
     def connect(cls, address: str, retries: int = RETRIES,
@@ -263,10 +278,14 @@ class DaskExecutor(Executor):
         try:
             self.client.close()
         finally:
-            if self.cluster is not None:
-                self.cluster.close()
-            if self._environ is not None:
-                _restore_environ(self._environ)
+            try:
+                if self.cluster is not None:
+                    self.cluster.close()
+            finally:
+                if self._settings is not None:
+                    self._settings.__exit__(None, None, None)
+                if self._environ is not None:
+                    _restore_environ(self._environ)
 
 
 def make_executor(jobs: int = 1, scheduler: str | None = None,

@@ -50,6 +50,9 @@ class System(ABC):
       table caption.
     - `multithreaded = True`: the runner gives the cell every CPU core (large models;
       small ones run fastest on one thread when anything else runs beside them).
+    - `uses_gpu = True`: in a parallel run whose workers offer a `GPU` resource, each
+      cell asks for one (`dask worker --resources GPU=1`), so cells of other systems are
+      never held back by a busy GPU and two such cells never share one.
 
     Seed with `bench.seeding.seed_everything`, then check the class with
     `bench.testing.check_system(MySystem)` and register it as an entry point of group
@@ -61,6 +64,8 @@ class System(ABC):
     profiles: ClassVar[dict[str, dict[str, Any]]] = {"default": {}}
     # True: the runner gives the cell every CPU core (large models); else one thread
     multithreaded: ClassVar[bool] = False
+    # True: on a Dask cluster whose workers offer a `GPU` resource, each cell takes one
+    uses_gpu: ClassVar[bool] = False
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         self.config = dict(config)

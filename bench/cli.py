@@ -13,12 +13,15 @@ import sys
 from pathlib import Path
 
 from bench import profiles
+from bench.executors import RETRIES
 from protocols import settings
 from protocols.options import ProtocolOptions
 
 EPILOG = """examples:
   python -m bench run --table warm                      # cpu profile, embedded ML-100K
   python -m bench run --table cold --profile smoke --out /tmp/smoke
+  python -m bench run --table warm --jobs 2                # two local worker processes
+  python -m bench run --table warm --scheduler tcp://10.0.0.5:8786 --out /shared/runs/w
   python -m bench protocol build --dataset ml-100k --setting warm --seed 0 --out data/warm
   python -m bench report --out runs/default --table warm --reference paper
   python -m bench list-systems
@@ -78,6 +81,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-path", help="directory of the dataset's files (one dataset)")
     run.add_argument("--general-from", action="append", metavar="NAME[:PATH]",
                      help=GENERAL_FROM_HELP + " (default: the profile's; paper: the paper's)")
+    run.add_argument("--jobs", type=int, default=1,
+                     help="cells computed at once by local worker processes (default 1: in "
+                          "this\nprocess, one after another)")
+    run.add_argument("--scheduler", metavar="ADDRESS",
+                     help="compute the cells on the Dask cluster at ADDRESS (tcp://host:8786);"
+                          "\n--out must be on storage every worker mounts at the same path")
+    run.add_argument("--retries", type=int, default=RETRIES,
+                     help=f"times a cell whose worker died is rerun (default {RETRIES})")
 
     rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
     rep.add_argument("--out", default="runs/default", help="a results directory of `run`")
@@ -159,7 +170,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
 
     res = publish_table(a.table, a.profile, a.out, reference=a.reference,
                         datasets=a.datasets, systems=a.systems, seeds=a.seeds, force=a.force,
-                        data_path=a.data_path, general_from=a.general_from)
+                        data_path=a.data_path, general_from=a.general_from, jobs=a.jobs,
+                        scheduler=a.scheduler, retries=a.retries)
     print(res.markdown)
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")

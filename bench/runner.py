@@ -1,7 +1,9 @@
 """The data flow in one place: protocol files -> systems (fit, score) -> per-user results.
 Every (table, dataset, setting, system, seed) cell is cached under its config hash;
-finished cells are skipped on a rerun, and each is written atomically. Rendering the
-tables is the layer above (reports.publish), handed in as `render`.
+finished cells are skipped on a rerun. The cells to compute go to an executor
+(bench.executors: this process, local worker processes, or a Dask cluster); each comes
+back as text and is written here, by the driver, atomically. Rendering the tables is the
+layer above (reports.publish), handed in as `render`.
 
 Layout under OUT:
   protocols/<dataset>/<setting>/seed-<n>/    the protocol files (see protocols/files.py)
@@ -13,43 +15,27 @@ Layout under OUT:
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
-
 from bench import outdir, profiles, registry
-from bench.api import ScoreRequest, System, check_scores
-from bench.results import (
-    CELL_FORMAT,
-    CellResult,
-    DamagedCell,
-    jsonl_text,
-    load_cell,
-    metric_rows,
-)
-from bench.seeding import seed_everything
+from bench.api import System
+from bench.cells import CellError, CellOutput, CellTask, LocalProtocol, compute_cell
+from bench.executors import RETRIES, Executor, Progress, Serial, make_executor
+from bench.results import CELL_FORMAT, CellResult, DamagedCell, load_cell
 from protocols import general_corpus, settings
 from protocols.build import build_protocol, general_hashes, source_hashes
 from protocols.datasets import source_root
-from protocols.digest import digest, file_sha256, text_sha256
+from protocols.digest import digest, file_sha256
 from protocols.errors import HarnessError, OptionError, OutputError
-from protocols.files import (
-    FILES,
-    load_protocol,
-    overlapping,
-)
+from protocols.files import FILES, overlapping
 from protocols.options import ProtocolOptions
 from protocols.store import atomic_dir, atomic_write_text
 
 __all__ = ["CELL_FORMAT", "cell_key", "ensure_protocol", "run_cell", "run_table"]
-SCORE_BATCH = 256
 CELL_FILES = ("scores.jsonl", "metrics.jsonl", "cell.json", "timing.json")
 
 
@@ -116,17 +102,6 @@ def cell_key(system_cls: type[System], config: dict, seed: int, manifest: dict) 
     })
 
 
-def score_all(system: System, requests: Sequence[ScoreRequest], desc: str) -> np.ndarray:
-    """Score in batches and check the contract (bench.api.check_scores)."""
-    parts = []
-    for start in tqdm(range(0, len(requests), SCORE_BATCH), desc=desc, leave=False,
-                      unit="batch"):
-        batch = requests[start:start + SCORE_BATCH]
-        parts.append(check_scores(system.score(batch), batch, system.name))
-    width = len(requests[0].candidates) if requests else 0
-    return np.concatenate(parts) if parts else np.zeros((0, width))
-
-
 def _check_cell_dir(cell_dir: Path) -> None:
     """A cell directory is replaced only if it holds nothing but cell files."""
     if cell_dir.is_dir():
@@ -156,68 +131,41 @@ def _cached(cell_dir: Path, key: str, proto_dir: Path, log: Callable[[str], None
         return None
 
 
-def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_dir: Path,
-             workdir: Path, force: bool = False, table: str = "", *,
-             log: Callable[[str], None] = print) -> CellResult:
-    """Fit one system on one protocol and score its test candidates (cached; a cached
-    cell is used only after its scores and metrics verify)."""
-    cls = registry.resolve(system_name, profile)
+def _task(proto_dir: Path, proto: dict, name: str, cls: type[System], profile: str,
+          seed: int, workdir: Path, table: str, token: str | None = None) -> CellTask:
     config = cls.config_for(profile)
-    proto = load_protocol(proto_dir)
-    key = cell_key(cls, config, seed, proto.manifest)
-    cell_dir = Path(cell_dir)
-    if not force and (cached := _cached(cell_dir, key, Path(proto_dir), log)) is not None:
-        return cached
-    _check_cell_dir(cell_dir)
-    _prepare(seed, getattr(cls, "multithreaded", False))
-    system = cls(config, seed, str(workdir))
-    try:
-        t0 = time.perf_counter()
-        system.fit(proto.data, proto.valid)
-        t1 = time.perf_counter()
-        scores = score_all(system, proto.test_requests, f"{system_name} scoring")
-        t2 = time.perf_counter()
-        describe = system.describe()
-    finally:
-        system.close()
-    # labels are read only now, after the system has scored
-    positives = proto.test_positives()
-    users = [r.user for r in proto.test_requests]
-    candidates = [r.candidates for r in proto.test_requests]
-    rows, _ = metric_rows(users, positives, candidates, scores)
-    # an abstaining row (all NaN) is written as null: JSON has no NaN
-    score_rows = [{"user": u, "candidates": list(c),
-                   "scores": None if np.isnan(s).all() else s.tolist()}
-                  for u, c, s in zip(users, candidates, scores, strict=True)]
-    texts = {"scores.jsonl": jsonl_text(score_rows), "metrics.jsonl": jsonl_text(rows)}
-    meta = {
-        "format": CELL_FORMAT, "key": key, "table": table, "dataset": proto.data.dataset,
-        "class": f"{cls.__module__}:{cls.__qualname__}",
-        "setting": proto.data.setting, "system": system.label, "group": cls.group, "seed": seed,
-        "profile": profile, "config": config, "candidates_sha256": proto.candidates_sha256,
-        "protocol": str(proto_dir), "describe": describe,
-        "scores_sha256": text_sha256(texts["scores.jsonl"]),
-        "metrics_sha256": text_sha256(texts["metrics.jsonl"]),
-    }
+    return CellTask(table, proto["dataset"], proto["setting"], name, seed, profile, cls, config,
+                    cell_key(cls, config, seed, proto), str(proto_dir),
+                    str(Path(workdir).resolve()), token)
+
+
+def write_cell(cell_dir: Path, output: CellOutput, proto_dir: Path) -> CellResult:
+    """Write a computed cell atomically (a temporary directory renamed into place), then
+    read it back verified."""
     with atomic_dir(cell_dir, check=_check_cell_dir) as tmp:
-        for name, text in texts.items():
+        for name, text in output.texts.items():
             (tmp / name).write_text(text, encoding="utf-8")
-        (tmp / "cell.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-        (tmp / "timing.json").write_text(json.dumps(
-            {"fit_seconds": round(t1 - t0, 3), "score_seconds": round(t2 - t1, 3)}))
     return load_cell(cell_dir, proto_dir)
 
 
-def _prepare(seed: int, multithreaded: bool = False) -> None:
-    """Seed every generator, and pin torch's CPU threads: MOLOREC_BENCH_THREADS if set,
-    else 1, or every core for a system that declares itself `multithreaded` (the LLM
-    rows: large matrix products scale; small models ran up to 10x slower with two
-    threads whenever anything else ran beside them)."""
-    import torch
-
-    seed_everything(seed)
-    env = os.environ.get("MOLOREC_BENCH_THREADS")
-    torch.set_num_threads(int(env) if env else (os.cpu_count() or 1) if multithreaded else 1)
+def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_dir: Path,
+             workdir: Path, force: bool = False, table: str = "", *,
+             log: Callable[[str], None] = print) -> CellResult:
+    """Fit one system on one protocol and score its test candidates, in this process
+    (cached; a cached cell is used only after its scores and metrics verify). What the
+    system raises is raised here."""
+    cls = registry.resolve(system_name, profile)
+    manifest = json.loads((Path(proto_dir) / "manifest.json").read_text())
+    task = _task(proto_dir, manifest, registry.canonical(system_name, profile), cls, profile,
+                 seed, workdir, table)
+    cell_dir = Path(cell_dir)
+    if not force and (cached := _cached(cell_dir, task.key, Path(proto_dir), log)) is not None:
+        return cached
+    _check_cell_dir(cell_dir)
+    outcome = compute_cell(task, LocalProtocol(str(proto_dir)))
+    if isinstance(outcome, CellError):
+        raise outcome.exc or RuntimeError(outcome.error)
+    return write_cell(cell_dir, outcome, Path(proto_dir))
 
 
 @dataclass(frozen=True)
@@ -298,12 +246,10 @@ def _systems(names: tuple[str, ...], profile: str) -> dict[str, type[System]]:
     return classes
 
 
-def _failure(dataset: str, setting: str, seed: int, name: str, cls: type[System],
-             profile: str, err: Exception) -> CellFailure:
-    message = " ".join(str(err).split())
-    text = f"{type(err).__name__}: {message}" if message else type(err).__name__
-    return CellFailure(dataset, setting, name, registry.label_for(cls, profile), cls.group,
-                       seed, text[:300], traceback.format_exc())
+def _failure(task: CellTask, error: CellError) -> CellFailure:
+    return CellFailure(task.dataset, task.setting, task.system,
+                       registry.label_for(task.cls, task.profile), task.cls.group, task.seed,
+                       error.error, error.traceback)
 
 
 def failures_path(out: Path, table: str) -> Path:
@@ -325,7 +271,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
               seeds: Sequence[int] | None = None, force: bool = False,
               data_path: str | None = None, log: Callable[[str], None] = print, *,
               keep_going: bool = True, render: Renderer | None = None,
-              general_from: Sequence[str] | None = None) -> TableRun:
+              general_from: Sequence[str] | None = None, jobs: int = 1,
+              scheduler: str | None = None, retries: int = RETRIES) -> TableRun:
     """Run (or load from cache) every cell of a table.
 
     Options are checked before anything is written. `out` must be absent, empty or a
@@ -334,7 +281,9 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     (`keep_going=False`: re-raise). `render(run)`, if given, writes the table files while
     the lock is still held (reports.publish.render_run; `python -m bench run` passes it).
     `general_from` (`NAME[:PATH]` values) takes every dataset's domain-general corpus from
-    those datasets; None: the profile's choice per dataset (Profile.general_from)."""
+    those datasets; None: the profile's choice per dataset (Profile.general_from).
+    The cells to compute run in this process (`jobs=1`), on `jobs` local worker processes,
+    or on the Dask cluster at `scheduler` (bench.executors); the driver writes each."""
     tables = settings.tables()
     if table not in tables:
         raise OptionError(f"unknown table {table!r}; use one of {', '.join(tables)}")
@@ -361,8 +310,9 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
             if overlapping(root, out):
                 raise OutputError(f"--out {out} overlaps the input directory {root}; write "
                                   "results somewhere else")
+    executor = make_executor(jobs, scheduler, retries)
     t0 = time.perf_counter()
-    with outdir.locked(out):
+    with executor, outdir.locked(out):
         protos = {}
         for d in datasets:
             sources = source_hashes(d, data_path)
@@ -370,33 +320,63 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
                 protos[(d, s)] = ensure_protocol(out, d, s, prof.protocol_seed, options[d],
                                                  data_path, force=force, sources=sources,
                                                  general_paths=general[d][1], log=log)
-        jobs = [(d, s, seed, name) for d in datasets for s in tables[table]
+        workdir = (out / "cache").resolve()
+        workdir.mkdir(parents=True, exist_ok=True)
+        token = executor.prepare(workdir)
+        manifests = {k: json.loads((p / "manifest.json").read_text()) for k, p in protos.items()}
+        grid = [(d, s, seed, name) for d in datasets for s in tables[table]
                 for seed in seeds for name in classes]
-        done: list[tuple[str, CellResult]] = []
-        failures: list[CellFailure] = []
-        for dataset, setting, seed, name in tqdm(jobs, desc=f"{table} table", unit="cell"):
-            cell_dir = out / "cells" / _slug(dataset) / setting / _slug(name) / f"seed-{seed}"
-            try:
-                res = run_cell(protos[(dataset, setting)], name, profile, seed, cell_dir,
-                               out / "cache", force, table, log=log)
-            except HarnessError:
-                raise
-            except Exception as e:
-                if not keep_going:
-                    raise
-                failures.append(_failure(dataset, setting, seed, name, classes[name],
-                                         profile, e))
-                log(f"FAILED {failures[-1].line()} (traceback in "
-                    f"{failures_path(out, table)})")
+        todo: list[tuple[int, CellTask, Path]] = []
+        done: dict[int, CellResult] = {}
+        for n, (d, s, seed, name) in enumerate(grid):
+            cell_dir = out / "cells" / _slug(d) / s / _slug(name) / f"seed-{seed}"
+            task = _task(protos[(d, s)], manifests[(d, s)], name, classes[name], profile, seed,
+                         workdir, table, token)
+            if not force and (cached := _cached(cell_dir, task.key, protos[(d, s)],
+                                                log)) is not None:
+                done[n] = cached
                 continue
-            done.append((name, res))
+            _check_cell_dir(cell_dir)
+            todo.append((n, task, cell_dir))
+        if todo and not isinstance(executor, Serial):
+            log(f"{len(todo)} of {len(grid)} cells to compute on {executor.name}")
+        failures = _compute(executor, todo, len(grid), done, keep_going, out, table, log)
         _record_failures(out, table, failures)
         failed = {f.system for f in failures}
         ranked = sorted(classes, key=lambda n: registry.rank(classes[n]))
-        run = TableRun(table, profile, out, [r for name, r in done if name not in failed],
+        run = TableRun(table, profile, out,
+                       [done[n] for n in sorted(done) if grid[n][3] not in failed],
                        failures, [registry.label_for(classes[n], profile) for n in ranked])
         if render is not None and run.results:
             run.paths = render(run)
             run.markdown = run.paths["md"].read_text() if "md" in run.paths else ""
     run.seconds = time.perf_counter() - t0
     return run
+
+
+def _compute(executor: Executor, todo: list[tuple[int, CellTask, Path]], total: int,
+             done: dict[int, CellResult], keep_going: bool, out: Path, table: str,
+             log: Callable[[str], None]) -> list[CellFailure]:
+    """Run the (grid index, task, cell directory) items on the executor and write each
+    cell as it comes back (into `done`, by grid index); returns the failed cells in grid
+    order."""
+    failures: dict[int, CellFailure] = {}
+    progress = Progress(total, f"{table} table")
+    progress.finished(True, len(done))
+    try:
+        for i, outcome in executor.run([task for _, task, _ in todo], progress):
+            n, task, cell_dir = todo[i]
+            if isinstance(outcome, CellError):
+                if outcome.harness:
+                    raise outcome.exc or HarnessError(outcome.error)
+                if not keep_going:
+                    raise outcome.exc or RuntimeError(f"{task.where()}: {outcome.error}")
+                failures[n] = _failure(task, outcome)
+                log(f"FAILED {failures[n].line()} (traceback in {failures_path(out, table)})")
+                progress.finished(False)
+                continue
+            done[n] = write_cell(cell_dir, outcome, Path(task.protocol))
+            progress.finished(True)
+    finally:
+        progress.close()
+    return [failures[n] for n in sorted(failures)]

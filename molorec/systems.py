@@ -38,6 +38,7 @@ class _LLMSystem(System):
     group: ClassVar[str] = "LLM-Based"
     multithreaded: ClassVar[bool] = True  # the runner gives it every core
     lora_ranks: ClassVar[int] = 1  # adapters summed into the one served (vLLM's max rank)
+    uses_gpu: ClassVar[bool] = True  # a parallel run gives each cell one GPU worker slot
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)

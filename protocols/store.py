@@ -3,10 +3,13 @@
 `Store(root).ensure(kind, key, build)` returns the directory `root/<kind>/<digest(key)>/`,
 building it once: `build(tmp)` fills a temporary sibling, `key.json` (the key, written
 last) marks it finished, and a rename puts it in place, so a reader never sees half an
-artifact. Building holds an exclusive per-key lock (`root/.locks/<kind>/<digest>.lock`),
-so parallel workers never build the same artifact twice: the second waits, then finds
-it finished. Protocol directories and cells are not content-addressed (their paths are
-names), but they are written with the same `atomic_dir`.
+artifact. Building holds an exclusive per-key lock (`root/.locks/<kind>/<digest>.lock`,
+an flock: across processes, and across machines on a shared filesystem whose flock is
+honoured, e.g. NFSv4), so parallel workers never build the same artifact twice: the
+second waits, then finds it finished. A builder that dies releases the lock with its
+process; the next one removes the dead one's partial directory and builds. Protocol
+directories and cells are not content-addressed (their paths are names), but they are
+written with the same `atomic_dir`.
 """
 
 from __future__ import annotations
@@ -69,7 +72,11 @@ class Store:
             if self.is_built(out):  # another worker built it while this one waited
                 return out
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:12]}.partial-", dir=out.parent))
+            # a builder killed mid-build released the lock (the kernel drops a dead
+            # process's flock) and left its partial directory: nobody else can be writing it
+            for leftover in out.parent.glob(f".{out.name}.partial-*"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
             try:
                 build(tmp)
                 (tmp / DONE).write_text(json.dumps(key, sort_keys=True, indent=1, default=str))

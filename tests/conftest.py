@@ -11,6 +11,16 @@ torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
+def smoke_warm_serial(tmp_path_factory):
+    """The smoke warm table with every default system, serial: (out, TableRun). Shared by
+    the end-to-end test and the parallel runs compared with it."""
+    from reports.publish import publish_table
+
+    out = tmp_path_factory.getbasetemp() / "e2e"  # the cold table reuses its artifacts
+    return out, publish_table("warm", "smoke", out, log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
 def protocol_dirs(tmp_path_factory):
     """Embedded ML-100K, every setting, seed 0 (full size: builds take ~1 s each)."""
     root = tmp_path_factory.mktemp("protocols")

@@ -1,0 +1,305 @@
+"""Where a table's cells run: one seam, `Executor.run(tasks)`, yielding each cell's outcome
+as it finishes; the driver (bench.runner) writes it.
+
+- `Serial`: in this process, one after another (the default, and the simplest case).
+- `DaskExecutor.local(jobs)`: N worker processes on this machine (`--jobs N`).
+- `DaskExecutor.connect(address)`: a running Dask cluster (`--scheduler ADDRESS`).
+
+Dask reschedules a cell whose worker died (up to `retries` times, then reports it failed
+with the cluster's error); what a system raises comes back as a failed cell, not retried,
+as in a serial run. A system with `uses_gpu` asks for one `GPU` worker resource when some
+worker offers one, so CPU-only cells never wait for a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from bench.cells import (
+    RUN_TOKEN,
+    CellError,
+    CellOutput,
+    CellTask,
+    LocalProtocol,
+    ProtocolBundle,
+    compute_cell,
+    compute_remote,
+)
+from protocols.errors import OptionError
+from protocols.store import atomic_write_text
+
+Outcome = CellOutput | CellError
+RETRIES = 2  # a cell whose worker dies runs at most 1 + RETRIES times
+POLL_S = 0.5
+CONNECT_TIMEOUT_S = 30
+START_TIMEOUT_S = 300  # local workers import nothing heavy before their first cell
+
+
+class Progress:
+    """One bar for the whole grid: cells done (cached or computed), running, failed."""
+
+    def __init__(self, total: int, desc: str):
+        self.bar = tqdm(total=total, desc=desc, unit="cell")
+        self.done = self.failed = self.running = 0
+
+    def _show(self) -> None:
+        self.bar.set_postfix_str(f"done {self.done}, running {self.running}, "
+                                 f"failed {self.failed}", refresh=True)
+
+    def set_running(self, n: int) -> None:
+        if n != self.running:
+            self.running = n
+            self._show()
+
+    def finished(self, ok: bool, n: int = 1) -> None:
+        if ok:
+            self.done += n
+        else:
+            self.failed += n
+        self.bar.update(n)
+        self._show()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+class Executor:
+    """Runs cell tasks; `run` yields (index into tasks, outcome) in completion order."""
+
+    name = "serial"
+
+    def run(self, tasks: Sequence[CellTask], progress: Progress
+            ) -> Iterator[tuple[int, Outcome]]:
+        raise NotImplementedError
+
+    def prepare(self, workdir: Path) -> str | None:
+        """Called by the driver before tasks are made; returns the run token tasks carry."""
+        return None
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Serial(Executor):
+    def run(self, tasks: Sequence[CellTask], progress: Progress
+            ) -> Iterator[tuple[int, Outcome]]:
+        for i, task in enumerate(tasks):
+            progress.set_running(1)
+            outcome = compute_cell(task, LocalProtocol(task.protocol))
+            progress.set_running(0)
+            yield i, outcome
+
+
+def _visible_gpus() -> list[str]:
+    """The CUDA devices this machine shows the harness (CUDA_VISIBLE_DEVICES order)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [d.strip() for d in env.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _local_config() -> dict[str, Any]:
+    """Dask settings of a local cluster, held while it runs (a Nanny reads some of them
+    again whenever it restarts a dead worker)."""
+    # Workers inherit this process's thread settings (Dask would pin OMP/MKL/OpenBLAS to 1
+    # thread, which a serial run does not do), so they compute the serial run's numbers.
+    config: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": None
+                              for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                        "OPENBLAS_NUM_THREADS")}
+    # a worker takes a cell only when it is free: cells are long, and a cell queued behind
+    # another on a busy worker would wait while a free worker idles
+    config["distributed.scheduler.worker-saturation"] = 1.0
+    # a cell may start processes of its own (vLLM's engine core, a DataLoader's workers),
+    # which Python refuses in a daemonic process
+    config["distributed.worker.daemon"] = False
+    return config
+
+
+def _local_cluster(jobs: int, retries: int) -> Any:
+    """N single-threaded worker processes on 127.0.0.1 (no dashboard, no memory limit: an
+    LLM cell may need most of the machine). With G GPUs, worker i sees GPU i mod G and the
+    first G workers offer a `GPU` resource, so GPU cells run one per GPU. Call it inside
+    `dask.config.set(_local_config())`."""
+    import logging
+
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    gpus = _visible_gpus()
+    workers = {}
+    for i in range(jobs):
+        env = {"TQDM_DISABLE": "1"}
+        if gpus:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        workers[f"local-{i}"] = {"cls": Nanny, "options": {
+            "nthreads": 1, "memory_limit": 0, "host": "127.0.0.1", "env": env,
+            "resources": {"GPU": 1} if i < len(gpus) else None,
+            "silence_logs": logging.ERROR}}
+    scheduler = {"cls": Scheduler, "options": {
+        "host": "127.0.0.1", "dashboard": False, "dashboard_address": None,
+        "allowed_failures": retries}}
+    return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    """A Nanny sets its spawn environment (PYTHONHASHSEED, MALLOC_TRIM_THRESHOLD_) in the
+    process that runs it, here the driver, at each (re)start of its worker: undo that."""
+    if dict(os.environ) != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+class DaskExecutor(Executor):
+    """Cells as Dask tasks; the protocol files are scattered once and travel to workers."""
+
+    def __init__(self, client: Any, cluster: Any = None, retries: int = RETRIES,
+                 name: str = "dask", environ: dict[str, str] | None = None,
+                 settings: Any = None):
+        self.client, self.cluster, self.retries, self.name = client, cluster, retries, name
+        self._environ, self._settings = environ, settings
+
+    @classmethod
+    def local(cls, jobs: int, retries: int = RETRIES) -> DaskExecutor:
+        import dask
+        from distributed import Client
+
+        saved = dict(os.environ)
+        settings = dask.config.set(_local_config())
+        try:
+            cluster = _local_cluster(jobs, retries)
+            try:
+                client = Client(cluster, set_as_default=False)
+                client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
+            except BaseException:
+                cluster.close()
+                raise
+        except BaseException:
+            settings.__exit__(None, None, None)
+            _restore_environ(saved)
+            raise
+        _restore_environ(saved)
+        return cls(client, cluster, retries, f"{jobs} local worker processes", saved, settings)
+
+    @classmethod
+    def connect(cls, address: str, retries: int = RETRIES,
+                timeout: float = CONNECT_TIMEOUT_S) -> DaskExecutor:
+        from distributed import Client
+
+        try:
+            client = Client(address, timeout=timeout, set_as_default=False)
+        except (OSError, TimeoutError) as e:
+            raise OptionError(f"cannot reach the Dask scheduler at {address} ({e}); start it "
+                              "(`dask scheduler`) or check --scheduler") from None
+        return cls(client, None, retries, f"the Dask cluster at {address}")
+
+    def prepare(self, workdir: Path) -> str:
+        """Write a fresh token into the artifact cache; a worker that cannot read it does
+        not share the driver's storage and refuses to compute."""
+        token = uuid.uuid4().hex
+        atomic_write_text(Path(workdir) / RUN_TOKEN, token + "\n")
+        return token
+
+    def _gpu_offered(self) -> bool:
+        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
+
+    def _running(self, keys: set[str]) -> int:
+        """This run's cells being computed: those a worker holds, at most one per thread
+        (a worker may hold queued tasks too)."""
+        try:
+            processing = self.client.processing()
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # a progress count is not worth failing the run for
+            return 0
+        return sum(min(sum(1 for k in ks if k in keys),
+                       workers.get(w, {}).get("nthreads", 1))
+                   for w, ks in processing.items())
+
+    def run(self, tasks: Sequence[CellTask], progress: Progress
+            ) -> Iterator[tuple[int, Outcome]]:
+        from distributed import as_completed
+
+        if not tasks:
+            return
+        # replicated on every worker: a dead worker takes no protocol with it
+        bundles = {p: self.client.scatter(ProtocolBundle.read(p), hash=False, broadcast=True)
+                   for p in dict.fromkeys(t.protocol for t in tasks)}
+        gpu = self._gpu_offered()
+        run_id = uuid.uuid4().hex[:8]
+        futures = {}
+        for i, t in enumerate(tasks):
+            key = f"cell-{run_id}-{i}-{t.system}-{t.dataset}-{t.setting}-{t.seed}"
+            f = self.client.submit(
+                compute_remote, t, bundles[t.protocol], key=key, pure=False,
+                retries=self.retries,
+                resources={"GPU": 1} if gpu and getattr(t.cls, "uses_gpu", False) else None)
+            futures[f] = i
+        keys = {f.key for f in futures}
+        pending = as_completed(list(futures), loop=self.client.loop)
+        while not pending.is_empty():
+            ready = pending.next_batch(block=False)
+            if not ready:
+                progress.set_running(self._running(keys))
+                time.sleep(POLL_S)
+                continue
+            for f in ready:
+                keys.discard(f.key)
+                yield futures.pop(f), self._outcome(f)
+        progress.set_running(0)
+
+    @staticmethod
+    def _outcome(future: Any) -> Outcome:
+        if future.status == "finished":
+            return future.result()
+        import traceback
+
+        exc = future.exception()
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        tb = "".join(traceback.format_tb(future.traceback())) if future.traceback() else ""
+        return CellError(text[:300], f"{tb}{type(exc).__name__}: {exc}\n"
+                         "(the cluster gave up on this cell: its worker died or it raised "
+                         "outside the system's code)")
+
+    def close(self) -> None:
+        try:
+            self.client.close()
+        finally:
+            try:
+                if self.cluster is not None:
+                    self.cluster.close()
+            finally:
+                if self._settings is not None:
+                    self._settings.__exit__(None, None, None)
+                if self._environ is not None:
+                    _restore_environ(self._environ)
+
+
+def make_executor(jobs: int = 1, scheduler: str | None = None,
+                  retries: int = RETRIES) -> Executor:
+    """`--jobs N` / `--scheduler ADDRESS` as an executor (checked first)."""
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise OptionError(f"--jobs must be an integer >= 1, got {jobs!r}")
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise OptionError(f"--retries must be an integer >= 0, got {retries!r}")
+    if scheduler is not None:
+        if jobs != 1:
+            raise OptionError("--jobs and --scheduler exclude each other: --jobs starts "
+                              "local workers, --scheduler uses a cluster's")
+        return DaskExecutor.connect(scheduler, retries)
+    if jobs == 1:
+        return Serial()
+    return DaskExecutor.local(jobs, retries)

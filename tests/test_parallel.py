@@ -1,0 +1,302 @@
+"""A table's cells in parallel (bench.executors): local worker processes (`--jobs`) and a
+Dask cluster (`--scheduler`) give the serial run's scores byte for byte, survive a worker
+killed mid-cell, build a shared artifact once, and send GPU cells to GPU workers only.
+Every cluster listens on 127.0.0.1 and is shut down by its test."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bench import profiles, registry
+from bench.api import System
+from bench.cells import (
+    CellError,
+    CellTask,
+    ProtocolBundle,
+    _threads,
+    compute_remote,
+    machine_cores,
+)
+from bench.cli import main
+from bench.executors import DaskExecutor, make_executor
+from bench.runner import run_table
+from protocols.errors import HarnessError, OptionError
+from protocols.store import Store
+
+QUIET = {"log": lambda s: None}
+
+
+def _in_worker() -> bool:
+    from distributed import get_worker
+
+    try:
+        get_worker()
+    except ValueError:
+        return False
+    return True
+
+
+class _SelfKilling(System):
+    """On its first attempt inside a Dask worker, SIGKILLs that worker in the middle of
+    building an artifact; the retried cell builds it whole and scores with it."""
+
+    name = "SelfKilling"
+
+    def fit(self, data, valid):
+        attempts = Path(self.workdir) / "selfkilling.attempts"
+        with open(attempts, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        first = len(attempts.read_text().split()) == 1
+
+        def build(out):
+            np.save(out / "w.npy", np.zeros(3))  # half of it
+            if first and _in_worker():
+                os.kill(os.getpid(), signal.SIGKILL)
+            np.save(out / "w.npy", np.random.default_rng(self.seed).random(30))
+
+        self.w = np.load(Store(self.workdir).ensure("selfkilling", {"v": 1}, build) / "w.npy")
+
+    def score(self, requests):
+        return np.tile(self.w, (len(requests), 1))
+
+
+class _SharedA(System):
+    """Trains (slowly) an artifact that _SharedB needs too; counts its trainings."""
+
+    name = "SharedA"
+
+    def fit(self, data, valid):
+        def train(out):
+            with open(Path(self.workdir) / "shared.trainings", "a") as f:
+                f.write(f"{os.getpid()}\n")
+            time.sleep(3)  # long enough for the other cell to ask for it meanwhile
+            np.save(out / "w.npy", np.frombuffer(os.urandom(240), dtype=np.float64))
+
+        self.w = np.load(Store(self.workdir).ensure("shared", {"v": 1}, train) / "w.npy")
+
+    def score(self, requests):
+        return np.tile(self.w, (len(requests), 1))
+
+
+class _SharedB(_SharedA):
+    name = "SharedB"
+
+
+class _OnGPU(_SharedA):
+    name = "OnGPU"
+    uses_gpu = True
+
+    def fit(self, data, valid):
+        self.w = np.arange(30.0)
+
+
+class _OnCPU(_OnGPU):
+    name = "OnCPU"
+    uses_gpu = False
+
+
+class _FitFails(_OnCPU):
+    name = "FitFails"
+
+    def fit(self, data, valid):
+        with open(Path(self.workdir) / "fitfails.attempts", "a") as f:
+            f.write(f"{os.getpid()}\n")
+        raise RuntimeError("out of memory (simulated)")
+
+
+class _Forking(_OnCPU):
+    """Starts a process of its own, as vLLM's engine does (a daemonic worker cannot)."""
+
+    name = "Forking"
+
+    def fit(self, data, valid):
+        import multiprocessing
+
+        child = multiprocessing.get_context("spawn").Process(target=os.getpid)
+        child.start()
+        child.join(60)
+        assert child.exitcode == 0
+        super().fit(data, valid)
+
+
+@pytest.fixture()
+def test_systems(monkeypatch):
+    for cls in (_SelfKilling, _SharedA, _SharedB, _OnGPU, _OnCPU, _FitFails, _Forking):
+        monkeypatch.setitem(registry.BUILTIN, cls.name, f"{__name__}:{cls.__qualname__}")
+
+
+@contextmanager
+def cluster(**workers):
+    """A Dask cluster on 127.0.0.1, one worker process per name (single-threaded unless
+    its options say otherwise); the environment a Nanny changes here is put back."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
+    saved = dict(os.environ)
+    specs = {name: {"cls": Nanny, "options": {"nthreads": 1, "host": "127.0.0.1",
+                                               "memory_limit": 0, **(options or {})}}
+             for name, options in workers.items()}
+    sched = {"cls": Scheduler, "options": {"host": "127.0.0.1", "dashboard": False,
+                                           "dashboard_address": None}}
+    try:
+        with SpecCluster(workers=specs, scheduler=sched) as c:
+            yield c
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _until(cond, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def _scores(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): p.read_bytes()
+            for p in sorted((out / "cells").glob("*/*/*/seed-*/scores.jsonl"))}
+
+
+def _same_scores(serial: Path, parallel: Path) -> None:
+    a, b = _scores(serial), _scores(parallel)
+    assert len(a) == len(profiles.DEFAULT_SYSTEMS)
+    assert sorted(a) == sorted(k for k in b if k in a)
+    different = [k for k in a if a[k] != b[k]]
+    assert not different, f"scores differ from the serial run's: {different}"
+
+
+@pytest.mark.slow
+def test_jobs_2_gives_the_serial_scores(smoke_warm_serial, tmp_path):
+    serial, _ = smoke_warm_serial
+    res = run_table("warm", "smoke", tmp_path, jobs=2, **QUIET)
+    assert not res.failures
+    _same_scores(serial, tmp_path)
+    timing = {p.parent.parent.name: json.loads(p.read_text())
+              for p in tmp_path.rglob("timing.json")}
+    assert {t["worker"] for t in timing.values()} == {"local-0", "local-1"}
+    for name, t in timing.items():  # an LLM cell on every CPU core has the machine to itself
+        if registry.resolve(name).multithreaded and _threads(True) > 1:
+            beside = [n for n, u in timing.items()
+                      if n != name and u["start"] < t["end"] and t["start"] < u["end"]]
+            assert not beside, f"{name} ran beside {beside}"
+
+
+@pytest.mark.slow
+def test_a_cluster_gives_the_serial_scores_though_a_worker_is_killed(
+        smoke_warm_serial, tmp_path, test_systems):
+    serial, _ = smoke_warm_serial
+    with cluster(a=None, b=None) as c:
+        res = run_table("warm", "smoke", tmp_path, scheduler=c.scheduler_address,
+                        systems=[*profiles.DEFAULT_SYSTEMS, "SelfKilling"], **QUIET)
+    assert not res.failures, [f.line() for f in res.failures]
+    _same_scores(serial, tmp_path)
+    attempts = (tmp_path / "cache" / "selfkilling.attempts").read_text().split()
+    assert len(attempts) == 2, "killed once, then retried on a live worker"
+    cell = tmp_path / "cells" / "ml-100k" / "warm" / "SelfKilling" / "seed-0"
+    first = json.loads((cell / "scores.jsonl").read_text().splitlines()[0])["scores"]
+    assert first == np.random.default_rng(0).random(30).tolist(), "the whole artifact"
+    assert not list(tmp_path.rglob("*.partial-*"))
+
+
+def test_cells_that_share_an_artifact_train_it_once(tmp_path, test_systems, capsys):
+    out = tmp_path / "out"
+    rc = main(["run", "--table", "warm", "--profile", "smoke", "--systems", "SharedA,SharedB",
+               "--out", str(out), "--jobs", "2"])
+    assert rc == 0
+    assert len((out / "cache" / "shared.trainings").read_text().split()) == 1
+    a, b = (json.loads((out / "cells" / "ml-100k" / "warm" / s / "seed-0" / "scores.jsonl")
+                       .read_text().splitlines()[0])["scores"] for s in ("SharedA", "SharedB"))
+    assert a == b, "both cells used the one artifact (random bytes: two trainings differ)"
+    workers = {json.loads(p.read_text())["worker"] for p in out.rglob("timing.json")}
+    assert workers == {"local-0", "local-1"}, "the two cells ran at the same time"
+    assert "done 2, running 0, failed 0" in capsys.readouterr().err
+
+
+def test_gpu_cells_run_only_where_a_gpu_is_offered(tmp_path, test_systems):
+    with cluster(gpu={"resources": {"GPU": 1}}, cpu=None) as c:
+        res = run_table("warm", "smoke", tmp_path, scheduler=c.scheduler_address,
+                        systems=["OnGPU", "OnCPU"], seeds=[0, 1, 2, 3], **QUIET)
+    assert not res.failures and len(res.results) == 8
+    ran = {}
+    for p in tmp_path.rglob("timing.json"):
+        ran.setdefault(p.parent.parent.name, set()).add(json.loads(p.read_text())["worker"])
+    assert ran["OnGPU"] == {"gpu"}
+
+
+def test_a_failing_system_is_reported_not_retried(tmp_path, test_systems):
+    res = run_table("warm", "smoke", tmp_path, systems=["Random", "FitFails", "Forking"],
+                    jobs=2, **QUIET)
+    assert sorted(r.system for r in res.results) == ["Forking", "Random"]
+    (failure,) = res.failures
+    assert failure.error == "RuntimeError: out of memory (simulated)"
+    assert "Traceback" in failure.traceback and "in fit" in failure.traceback
+    assert len((tmp_path / "cache" / "fitfails.attempts").read_text().split()) == 1
+
+
+def test_a_cell_on_every_core_waits_for_the_others_and_goes_first(tmp_path):
+    base, events = tmp_path / "cores", []
+
+    def hold(exclusive, name, release):
+        with machine_cores(exclusive, base):
+            events.append(f"{name}+")
+            release.wait(30)
+            events.append(f"{name}-")
+
+    def gate_taken():
+        fd = os.open(f"{base}.gate", os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
+    go = {n: threading.Event() for n in "AXB"}
+    threads = {n: threading.Thread(target=hold, args=(n == "X", n, go[n])) for n in "AXB"}
+    threads["A"].start()  # a single-threaded cell is running
+    _until(lambda: events == ["A+"])
+    threads["X"].start()  # an every-core cell waits for it, holding the gate
+    _until(gate_taken)
+    threads["B"].start()  # so a second single-threaded cell does not start meanwhile
+    for n in "AXB":
+        go[n].set()
+        threads[n].join(30)
+    assert events == ["A+", "A-", "X+", "X-", "B+", "B-"]
+
+
+def test_a_worker_with_two_threads_refuses(tmp_path):
+    """Two cells in one process would share torch's random state: the run stops."""
+    with cluster(w={"nthreads": 2}) as c, pytest.raises(HarnessError, match="--nthreads 1"):
+        run_table("warm", "smoke", tmp_path, scheduler=c.scheduler_address,
+                  systems=["Random"], **QUIET)
+    assert not (tmp_path / "cells").exists()
+
+
+def test_a_worker_without_the_drivers_storage_refuses(tmp_path, protocol_dirs):
+    task = CellTask("warm", "ml-100k", "warm", "Random", 0, "smoke",
+                    registry.resolve("Random"), {}, "k", str(protocol_dirs["warm"]),
+                    str(tmp_path / "elsewhere"), token="abc")
+    out = compute_remote(task, ProtocolBundle.read(protocol_dirs["warm"]))
+    assert isinstance(out, CellError) and out.harness
+    assert "does not see the driver's artifact cache" in out.error
+
+
+def test_parallel_options_are_checked_first(tmp_path):
+    for bad in ({"jobs": 0}, {"jobs": 2, "scheduler": "tcp://127.0.0.1:1"}, {"retries": -1}):
+        with pytest.raises(OptionError):
+            make_executor(**bad)
+    with pytest.raises(OptionError, match="cannot reach the Dask scheduler"):
+        DaskExecutor.connect("tcp://127.0.0.1:1", timeout=2)
+    assert main(["run", "--table", "warm", "--jobs", "0", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()

@@ -20,7 +20,7 @@ import numpy as np
 
 from bench.api import TrainData, Validation
 from bench.results import metric_rows
-from bench.runner import SCORE_BATCH, score_all
+from bench.cells import SCORE_BATCH, score_all
 from molorec.systems import MoLoRec
 from protocols.files import ProtocolFiles
 from protocols.store import Store

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -87,13 +88,18 @@ def mixture_rows(cells: Iterable[CellResult], settings: Sequence[str] = ("warm",
         blocks, order = info.get("weights_by_block"), info.get("adapters_order")
         if c.setting not in settings or not blocks or not order:
             continue
-        for block, weights in blocks.items():
+        for block, weights in sorted(blocks.items(), key=lambda kv: _natural(kv[0])):
             for module, w in zip(order, weights, strict=True):
                 rows.append({"dataset": c.dataset, "setting": c.setting, "system": c.system,
                              "seed": c.seed, "block": block, "module": module,
                              "weight": float(w)})
     return sorted(rows, key=lambda r: (r["dataset"], _setting_order(r["setting"]), r["system"],
                                        r["seed"]))
+
+
+def _natural(text: str) -> list:
+    """'layer 2' before 'layer 10' (cell.json stores the blocks with sorted keys)."""
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", text)]
 
 
 def _block_label(block: str) -> str:

@@ -27,9 +27,9 @@ def cell(setting, blocks, seed=0, system="MoLoRec"):
                       list(USERS), {"NDCG@1": v}, {"describe": info})
 
 
-def blocks(g):
+def blocks(g, n=4):
     return {f"layer {i}": [round(g + 0.01 * i, 4), round(1 - g - 0.01 * i, 4)]
-            for i in range(4)}
+            for i in range(n)}
 
 
 def read_csv(path):
@@ -62,6 +62,13 @@ def test_figure4_reads_weights_from_cells_and_writes_png_svg_csv(tmp_path):
     assert again["csv"].read_bytes() == paths["csv"].read_bytes()
     with pytest.raises(ValueError, match="MoLoRec"):
         F.plot_mixture([], tmp_path)
+
+
+def test_figure4_blocks_in_layer_order_not_string_order():
+    stored = dict(sorted(blocks(0.3, n=12).items()))  # as cell.json stores them
+    rows = F.mixture_rows([cell("warm", stored)], ("warm",))
+    order = list(dict.fromkeys(r["block"] for r in rows))
+    assert order == [f"layer {i}" for i in range(12)]
 
 
 def test_figure5_draws_points_and_reference_lines(tmp_path):

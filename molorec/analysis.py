@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from bench.api import TrainData, Validation
-from bench.results import metric_rows
 from bench.cells import SCORE_BATCH, score_all
+from bench.results import metric_rows
 from molorec.systems import MoLoRec
 from protocols.files import ProtocolFiles
 from protocols.store import Store

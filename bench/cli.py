@@ -198,11 +198,11 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 
 def _cmd_compare(a: argparse.Namespace) -> int:
-    from bench.stored import stored_cells
+    from bench.stored import finished_cells
     from reports.compare import compare, timings, to_markdown
     from reports.publish import row_order
 
-    cells = stored_cells(Path(a.out), log=_warn)
+    cells = finished_cells(Path(a.out), log=_warn)
     tables = settings.tables()
     if a.table:
         cells = [c for c in cells if c.setting in tables[a.table]]

@@ -15,7 +15,7 @@ from pathlib import Path
 from bench import outdir, registry
 from bench.results import CellResult
 from bench.runner import _slug
-from bench.stored import stored_cells
+from bench.stored import finished_cells
 from protocols import settings
 from protocols.errors import OptionError, OutputError
 from protocols.files import load_protocol
@@ -23,17 +23,6 @@ from protocols.store import atomic_write_text
 
 MOLOREC = "MoLoRec"
 REFERENCE_ROWS = ("MoLoRec-G", "MoLoRec-S")  # dashed lines in Figure 5
-
-
-def _cells(out: Path, log: Callable[[str], None]) -> list[CellResult]:
-    if not Path(out).is_dir():
-        raise OutputError(f"--out {out} does not exist; run `python -m bench run --out {out}` "
-                          "first")
-    cells = stored_cells(out, log)
-    if not cells:
-        raise OutputError(f"no stored cells under {out}/cells; run `python -m bench run --out "
-                          f"{out}` first")
-    return cells
 
 
 def _is(cell: CellResult, name: str) -> bool:
@@ -59,7 +48,7 @@ def figures(out: Path, which: Sequence[int], prompts: Sequence[int],
     bad = sorted(set(which) - {4, 5})
     if bad:
         raise OptionError(f"--figures: no figure {bad[0]}; choose 4 and/or 5")
-    cells = _cells(out, log)
+    cells = finished_cells(out, log)
     written: list[Path] = []
     with outdir.locked(out):
         dest = out / "figures"
@@ -123,7 +112,7 @@ def explain(out: Path, user: str, table: str, setting: str | None, dataset: str 
     if setting not in tables[table]:
         raise OptionError(f"setting {setting!r} is not one of table {table!r}'s "
                           f"({', '.join(tables[table])})")
-    cells = [c for c in _cells(out, print) if _is(c, MOLOREC) and c.setting == setting]
+    cells = [c for c in finished_cells(out, print) if _is(c, MOLOREC) and c.setting == setting]
     dataset = _pick(cells, "dataset", dataset, sorted({c.dataset for c in cells}))
     seed = _pick(cells, "seed", seed, sorted({c.seed for c in cells if c.dataset == dataset}))
     cell = next(c for c in cells if (c.dataset, c.seed) == (dataset, seed))

@@ -13,7 +13,7 @@ from pathlib import Path
 from bench import registry
 from bench.results import CellResult, DamagedCell, load_cell
 from bench.runner import _slug, failures_path
-from protocols.errors import HarnessError
+from protocols.errors import HarnessError, OutputError
 
 
 class DamagedCells(HarnessError, ValueError):
@@ -69,6 +69,19 @@ def stored_cells(out: Path, log: Callable[[str], None] = print) -> list[CellResu
             + f"\nRerun `python -m bench run ... --out {out}` to recompute them (a run replaces "
               "damaged cells), or delete those cell directories.")
     return _dedupe(found, log)
+
+
+def finished_cells(out: Path, log: Callable[[str], None] = print) -> list[CellResult]:
+    """`stored_cells` for the commands that read a finished run (report, compare,
+    figures, explain): a missing or empty results directory is an error saying to run."""
+    if not Path(out).is_dir():
+        raise OutputError(f"--out {out} does not exist; run `python -m bench run --out {out}` "
+                          "first")
+    cells = stored_cells(out, log)
+    if not cells:
+        raise OutputError(f"no stored cells under {out}/cells; run `python -m bench run --out "
+                          f"{out}` first")
+    return cells
 
 
 def stored_failures(out: Path, table: str, log: Callable[[str], None]) -> list[dict]:

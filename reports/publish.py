@@ -16,7 +16,7 @@ from typing import Any
 from bench import outdir, registry
 from bench.results import CellResult
 from bench.runner import TableRun, run_table
-from bench.stored import stored_cells, stored_failures
+from bench.stored import finished_cells, stored_failures
 from protocols import settings
 from protocols.errors import OutputError
 from reports.tables import render_all
@@ -79,13 +79,7 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
     """Render each requested table from the verified cells stored under `out`; rows
     whose system failed in the table's last run are marked failed."""
     out = Path(out)
-    if not out.is_dir():
-        raise OutputError(f"--out {out} does not exist; run `python -m bench run --out {out}` "
-                          "first")
-    cells = stored_cells(out, log)
-    if not cells:
-        raise OutputError(f"no stored cells under {out}/cells; run `python -m bench run --out "
-                          f"{out}` first")
+    cells = finished_cells(out, log)
     outdir.claim(out)
     tables = settings.tables()
     wanted = [table] if table else [t for t, ss in tables.items()

@@ -163,8 +163,10 @@ def _until(cond, seconds=30.0):
 
 
 def _scores(out: Path) -> dict[str, bytes]:
+    """The warm table's scores (the shared serial run also holds test_end_to_end's cold
+    cells)."""
     return {str(p.relative_to(out)): p.read_bytes()
-            for p in sorted((out / "cells").glob("*/*/*/seed-*/scores.jsonl"))}
+            for p in sorted((out / "cells").glob("*/warm/*/seed-*/scores.jsonl"))}
 
 
 def _same_scores(serial: Path, parallel: Path) -> None:

@@ -300,8 +300,12 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     given = general_corpus.parse(general_from) if general_from is not None else None
     general = {d: given or (prof.general_from.get(d, ()), {}) for d in datasets}
     options = {d: replace(prof.protocol, general_from=general[d][0]) for d in datasets}
-    for opts in options.values():
+    for d, opts in options.items():
         opts.check()
+        if d in general[d][0]:
+            raise OptionError(f"--general-from {d}: the domain-general corpus must come from "
+                              f"another dataset than {d} (omit --general-from to split the "
+                              "dataset's users)")
     out = Path(out)
     for d in datasets:
         for name, path in ((d, data_path), *((g, general[d][1].get(g))

@@ -157,10 +157,8 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     titles = inter.titles
     external = None
     if srcs:
-        eval_ids = set(target.item_ids[np.concatenate([split.valid.positives,
-                                                       split.test.positives])])
         external = general_corpus.external_general(
-            srcs, target, eval_ids, cold_ids, opts.kcore, opts.max_users, seed, load_dataset)
+            srcs, target, cold_ids, opts.kcore, opts.max_users, seed, load_dataset)
         general, titles = external.general, {**titles, **external.titles}
     grag, gitem_ids = _general_ragged(general, cold_ids)
 

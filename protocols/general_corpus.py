@@ -69,11 +69,15 @@ class External:
     per_source: list[dict[str, int | str]]
 
 
-def external_general(srcs: Sequence[Source], target: Interactions, eval_items: set[str],
-                     cold_items: set[str], kcore: int, max_users: int | None, seed: int,
+def external_general(srcs: Sequence[Source], target: Interactions, cold_items: set[str],
+                     kcore: int, max_users: int | None, seed: int,
                      load: Callable[[str, str | None], Interactions]) -> External:
-    """Load, clean and combine the sources; remove the overlap with `target` (its users,
-    `eval_items` and `cold_items`, target item ids), counting each removal."""
+    """Load, clean and combine the sources; remove the overlap with `target` (its users, and
+    `cold_items`, target item ids), counting each removal.
+
+    Nothing is removed because it is a validation or test positive: that would make every
+    candidate still found in the corpus a known negative (a label leak). Other users'
+    interactions with target items stay, as in the default user-partition corpus."""
     target_users = set(target.user_ids.tolist())
     title_id = {target.titles[i]: i for i in target.item_ids}
     ids: dict[str, int] = {}  # combined item id -> code
@@ -81,7 +85,6 @@ def external_general(srcs: Sequence[Source], target: Interactions, eval_items: s
     user_ids: list[np.ndarray] = []
     cols: dict[str, list[np.ndarray]] = {"user": [], "item": [], "timestamp": []}
     counts = dict.fromkeys(("users_removed_target", "interactions_removed_target_users",
-                            "interactions_removed_eval_items",
                             "interactions_removed_cold_items"), 0)
     per_source = []
     for src in srcs:
@@ -98,15 +101,12 @@ def external_general(srcs: Sequence[Source], target: Interactions, eval_items: s
                        if c not in target.titles})
         code = np.array([ids.setdefault(c, len(ids)) for c in mapped], dtype=np.int64)
         same_user = np.array([u in target_users for u in inter.user_ids], dtype=bool)
-        on_eval = np.array([c in eval_items for c in mapped], dtype=bool)[inter.item]
         on_cold = np.array([c in cold_items for c in mapped], dtype=bool)[inter.item]
         drop_user = same_user[inter.user]
         counts["users_removed_target"] += int(same_user[np.unique(inter.user)].sum())
         counts["interactions_removed_target_users"] += int(drop_user.sum())
-        counts["interactions_removed_eval_items"] += int((~drop_user & on_eval).sum())
-        counts["interactions_removed_cold_items"] += int((~drop_user & ~on_eval
-                                                          & on_cold).sum())
-        keep = ~(drop_user | on_eval | on_cold)
+        counts["interactions_removed_cold_items"] += int((~drop_user & on_cold).sum())
+        keep = ~(drop_user | on_cold)
         offset = sum(len(u) for u in user_ids)
         user_ids.append(np.array([f"{src.name}:{u}" for u in inter.user_ids], dtype=object))
         cols["user"].append(inter.user[keep].astype(np.int64) + offset)

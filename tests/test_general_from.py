@@ -113,6 +113,11 @@ def test_bad_requests_are_refused(pair, tmp_path):
         parse(["gen:/a", "gen"])
     assert parse(["a,b:/x/y", "c"]) == (("a", "b", "c"), {"b": "/x/y"})
     assert not (tmp_path / "x").exists()
+    # a run refuses it before it takes the results directory
+    with pytest.raises(OptionError, match="another dataset"):
+        run_table("warm", "smoke", tmp_path / "run", datasets=["ml-100k"],
+                  general_from=["ml-100k"])
+    assert not (tmp_path / "run").exists()
 
 
 def test_ml100k_target_with_a_synthetic_general_source(tmp_path, capsys):

@@ -136,7 +136,7 @@ def _prepare(seed: int, multithreaded: bool = False) -> None:
     torch.set_num_threads(_threads(multithreaded))
 
 
-CORES_LOCK = Path(tempfile.gettempdir()) / "molorec-bench-cores"
+CORES_LOCK = Path(tempfile.gettempdir()) / f"molorec-bench-cores-{os.getuid()}"  # per user
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from bench.api import TrainData, Validation
-from bench.cells import SCORE_BATCH, score_all
+from bench.cells import SCORE_BATCH, _prepare, score_all
 from bench.results import metric_rows
 from molorec.systems import MoLoRec
 from protocols.files import ProtocolFiles
@@ -72,6 +72,7 @@ def prompt_count_points(proto: ProtocolFiles, meta: dict[str, Any], counts: Sequ
             found[n] = json.loads(path.read_text())
     missing = [n for n in wanted if n not in found]
     if missing:
+        _prepare(int(meta["seed"]), True)  # seeds and threads as the cell had them
         system = _FixedChoices(meta["config"], int(meta["seed"]), str(workdir))
         system.choices = info
         try:

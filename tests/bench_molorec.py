@@ -17,8 +17,6 @@ Numbers go to BENCHMARKS.md, section "LLM rows on Gemma-3-270M".
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 
 import numpy as np
 import pytest
@@ -26,23 +24,18 @@ import torch
 
 from molorec import ranking as R
 from molorec.profiles import PROFILES
+from tests import bench_setup
 
 N_REQUESTS = 8
 CPU = PROFILES["molorec"]["cpu"]
-torch.set_num_threads(int(os.environ.get("MOLOREC_BENCH_THREADS") or os.cpu_count() or 1))
+bench_setup.threads()
 
 
 @pytest.fixture(scope="module")
 def setup():
     from molorec import systems as S
-    from protocols.build import build_protocol
-    from protocols.files import load_protocol
 
-    work = os.environ.get("MOLOREC_BENCH_CACHE") or tempfile.mkdtemp(prefix="bench-gemma-")
-    root = os.path.join(work, "protocol-warm")
-    if not os.path.exists(root):
-        build_protocol("ml-100k", "warm", 0, root)
-    proto = load_protocol(root)
+    work, proto = bench_setup.warm_protocol()
     system = S.MoLoRecS(copy.deepcopy(CPU), 0, work)
     system.train_artifacts(proto.data)  # the backbone only (no adapter is trained here)
     system._serve(None)

@@ -36,26 +36,21 @@ from molorec.adapters import Adapter, save_peft
 from molorec.gated import GatedBank, Router
 from molorec.instructions import Example
 from molorec.template import NO, YES, yes_no_parts
+from tests import bench_setup
 
 N_USERS = int(os.environ.get("MOLOREC_BENCH_USERS", "8"))
 ROUNDS = int(os.environ.get("MOLOREC_BENCH_ROUNDS", "3"))  # timed rounds
 WARMUP = int(os.environ.get("MOLOREC_BENCH_WARMUP", "1"))  # untimed rounds before them
 GROUP = f"yes/no scoring, {N_USERS} ML-100K users x 30 candidates"
-torch.set_num_threads(int(os.environ.get("MOLOREC_BENCH_THREADS") or os.cpu_count() or 1))
+bench_setup.threads()
 
 
 @pytest.fixture(scope="module")
 def setup():
     from molorec.backends import ChoiceRequest, backend_class
     from molorec.reclora import RecLoRA
-    from protocols.build import build_protocol
-    from protocols.files import load_protocol
 
-    work = os.environ.get("MOLOREC_BENCH_CACHE") or tempfile.mkdtemp(prefix="bench-gemma-")
-    root = os.path.join(work, "protocol-warm")
-    if not os.path.exists(root):
-        build_protocol("ml-100k", "warm", 0, root)
-    proto = load_protocol(root)
+    work, proto = bench_setup.warm_protocol()
     system = RecLoRA(RecLoRA.config_for("cpu"), 0, work)
     system.train_artifacts(proto.data)  # the backbone (no adapter is trained here)
     system.backbone_key = system.artifacts.backbone.key

@@ -21,6 +21,7 @@ import numpy as np
 from bench.api import TrainData, Validation
 from bench.cells import SCORE_BATCH, _prepare, score_all
 from bench.results import metric_rows
+from molorec import selection as SEL
 from molorec.systems import MoLoRec
 from protocols.files import ProtocolFiles
 from protocols.store import Store
@@ -44,6 +45,12 @@ class _FixedChoices(MoLoRec):
         """Learn the mixture afresh on n prompts at the next score() call."""
         self.info["entropy_n_prompts"] = int(n)
         self._adapted = False
+
+
+def count_selected(meta: dict[str, Any]) -> bool:
+    """Whether the cell chose its prompt count on validation (several counts offered) or
+    took the one its profile fixes."""
+    return len(SEL.as_list(meta["config"]["mixture"]["entropy"].get("n_prompts", 50))) > 1
 
 
 def prompt_counts(meta: dict[str, Any], counts: Sequence[int], n_users: int) -> list[int]:
@@ -97,5 +104,6 @@ def prompt_count_points(proto: ProtocolFiles, meta: dict[str, Any], counts: Sequ
             system.close()
     return [{"dataset": meta["dataset"], "setting": meta["setting"], "seed": meta["seed"],
              "n_prompts": n, "ndcg@1": round(found[n]["ndcg@1"], 6),
-             "entropy_lr": info["entropy_lr"], "table_n_prompts": info["entropy_n_prompts"]}
+             "entropy_lr": info["entropy_lr"], "table_n_prompts": info["entropy_n_prompts"],
+             "table_n_prompts_selected": count_selected(meta)}
             for n in wanted]

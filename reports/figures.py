@@ -25,7 +25,7 @@ from protocols.store import atomic_write_text
 
 MIXTURE_FIELDS = ("dataset", "setting", "system", "seed", "block", "module", "weight")
 PROMPT_FIELDS = ("dataset", "setting", "seed", "n_prompts", "ndcg@1", "entropy_lr",
-                 "table_n_prompts")
+                 "table_n_prompts", "table_n_prompts_selected")
 SETTING_TITLES = {"warm": "Warm-start", "cold": "Cold-start (new items)"}
 COLORS = {"general": "#4C72B0", "specific": "#DD8452"}
 
@@ -180,10 +180,12 @@ def plot_prompt_counts(rows: Sequence[dict[str, Any]], out_dir: str | Path,
         mean = [np.mean([r["ndcg@1"] for r in mine if r["n_prompts"] == n]) for n in counts]
         ax.plot(counts, mean, "o-", color="#C44E52", label="MoLoRec (entropy-guided)")
         chosen = {r["table_n_prompts"] for r in mine}
+        how = ("chosen on validation" if any(r.get("table_n_prompts_selected") for r in mine)
+               else "fixed by the profile")
         for n, v in zip(counts, mean, strict=True):
             if n in chosen:
                 ax.plot([n], [v], "o", ms=11, mfc="none", mec="black",
-                        label="the table's count (chosen on validation)")
+                        label=f"the table's count ({how})")
         for k, ref in enumerate(r for r in references
                                 if (r["dataset"], r["setting"]) == (dataset, setting)):
             ax.axhline(ref["value"], ls="--", lw=1, color=f"C{k}", label=ref["system"])

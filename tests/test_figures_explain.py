@@ -13,6 +13,7 @@ import pytest
 
 from bench import cli
 from bench.results import CellResult
+from molorec.analysis import count_selected
 from molorec.explain import CaseStudy, positive_rank, to_markdown
 from reports import figures as F
 
@@ -73,14 +74,28 @@ def test_figure4_blocks_in_layer_order_not_string_order():
 
 def test_figure5_draws_points_and_reference_lines(tmp_path):
     rows = [{"dataset": "ml-100k", "setting": s, "seed": 0, "n_prompts": n,
-             "ndcg@1": 0.05 + 0.001 * n, "entropy_lr": 0.1, "table_n_prompts": 32}
+             "ndcg@1": 0.05 + 0.001 * n, "entropy_lr": 0.1, "table_n_prompts": 32,
+             "table_n_prompts_selected": False}
             for s in ("warm", "cold") for n in (10, 25, 32, 50)]
     refs = [{"dataset": "ml-100k", "setting": "warm", "system": "MoLoRec-S", "value": 0.08}]
     paths = F.plot_prompt_counts(rows, tmp_path, refs)
     assert paths["png"].stat().st_size > 1000
-    assert "MoLoRec-S" in paths["svg"].read_text()
+    svg = paths["svg"].read_text()
+    assert "MoLoRec-S" in svg
+    # the ringed count says how the table got it: fixed here, chosen on validation below
+    assert "fixed by the profile" in svg and "chosen on validation" not in svg
     table = read_csv(paths["csv"])
     assert len(table) == 8 and list(table[0]) == list(F.PROMPT_FIELDS)
+    chosen = [{**r, "table_n_prompts_selected": True} for r in rows]
+    svg = F.plot_prompt_counts(chosen, tmp_path / "chosen")["svg"].read_text()
+    assert "chosen on validation" in svg and "fixed by the profile" not in svg
+
+
+def test_figure5_says_whether_the_count_was_selected():
+    cell = {"config": {"mixture": {"entropy": {"n_prompts": 32}}}}
+    assert not count_selected(cell)
+    cell["config"]["mixture"]["entropy"]["n_prompts"] = [50, 100]
+    assert count_selected(cell)
 
 
 def test_positive_rank_follows_the_tie_rule():

@@ -268,6 +268,10 @@ class DaskExecutor(Executor):
         import traceback
 
         exc = future.exception()
+        if exc is None:  # lost, not raised: e.g. its workers stopped answering (a suspend)
+            text = (f"the cluster lost this cell (its task is {future.status!r}, with no "
+                    "error): its worker died or stopped answering; rerun to compute it")
+            return CellError(text, text + "\n")
         text = " ".join(f"{type(exc).__name__}: {exc}".split())
         tb = "".join(traceback.format_tb(future.traceback())) if future.traceback() else ""
         return CellError(text[:300], f"{tb}{type(exc).__name__}: {exc}\n"

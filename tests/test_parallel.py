@@ -302,3 +302,20 @@ def test_parallel_options_are_checked_first(tmp_path):
         DaskExecutor.connect("tcp://127.0.0.1:1", timeout=2)
     assert main(["run", "--table", "warm", "--jobs", "0", "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cell_the_cluster_lost_says_so():
+    """A future that ended without an exception (its workers stopped answering) is
+    reported as lost, not as "NoneType: None"."""
+    class Lost:
+        status = "lost"
+
+        def exception(self):
+            return None
+
+        def traceback(self):
+            return None
+
+    out = DaskExecutor._outcome(Lost())
+    assert "lost this cell" in out.error and "'lost'" in out.error
+    assert "NoneType" not in out.error + out.traceback

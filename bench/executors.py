@@ -5,8 +5,11 @@ as it finishes; the driver (bench.runner) writes it.
 - `DaskExecutor.local(jobs)`: N worker processes on this machine (`--jobs N`).
 - `DaskExecutor.connect(address)`: a running Dask cluster (`--scheduler ADDRESS`).
 
-Dask reschedules a cell whose worker died (up to `retries` times, then reports it failed
-with the cluster's error); what a system raises comes back as a failed cell, not retried,
+The driver hands the cluster one cell per free worker thread, in grid order, so a partial
+run fills the table from its start. Dask reschedules a cell whose worker died (up to
+`retries` times, then reports it failed with the cluster's error), and the driver
+resubmits a cell the cluster cancelled without an error (its client lost the scheduler,
+e.g. across a suspend); what a system raises comes back as a failed cell, not retried,
 as in a serial run. A system with `uses_gpu` asks for one `GPU` worker resource when some
 worker offers one, so CPU-only cells never wait for a GPU.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -121,8 +125,9 @@ def _local_config() -> dict[str, Any]:
     config: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": None
                               for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                         "OPENBLAS_NUM_THREADS")}
-    # a worker takes a cell only when it is free: cells are long, and a cell queued behind
-    # another on a busy worker would wait while a free worker idles
+    # no task queued behind another on a busy worker (the driver submits cells one per
+    # free thread anyway: cells depend on scattered data, so they are not root tasks,
+    # which is all this setting governs)
     config["distributed.scheduler.worker-saturation"] = 1.0
     # a cell may start processes of its own (vLLM's engine core, a DataLoader's workers),
     # which Python refuses in a daemonic process
@@ -229,37 +234,90 @@ class DaskExecutor(Executor):
                        workers.get(w, {}).get("nthreads", 1))
                    for w, ks in processing.items())
 
+    def _slots(self) -> tuple[int, int]:
+        """(worker threads, GPUs) the cluster offers now: how many cells may be in flight,
+        and how many of them GPU cells (at least one cell, so that a cluster that is still
+        starting its workers gets work)."""
+        try:
+            workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
+        except Exception:  # asked again at the next poll
+            return 1, 0
+        threads = sum(w.get("nthreads", 1) for w in workers.values())
+        gpus = sum(int(w.get("resources", {}).get("GPU", 0)) for w in workers.values())
+        return max(1, threads), gpus
+
     def run(self, tasks: Sequence[CellTask], progress: Progress
             ) -> Iterator[tuple[int, Outcome]]:
+        """Cells go to the cluster in grid order, one per free worker thread (a GPU cell
+        when a GPU is free): a partial run fills the table from its start, and a queued
+        cell sits here, where a worker's death cannot count against it. A cell the cluster
+        lost without an error (the client lost its scheduler, e.g. across a suspend)
+        goes back to the front of the queue, at most `retries` times."""
         from distributed import as_completed
 
         if not tasks:
             return
-        # replicated on every worker: a dead worker takes no protocol with it
-        bundles = {p: self.client.scatter(ProtocolBundle.read(p), hash=False, broadcast=True)
-                   for p in dict.fromkeys(t.protocol for t in tasks)}
+        protocols = list(dict.fromkeys(t.protocol for t in tasks))
+        bundles: dict[str, Any] = {}
         gpu = self._gpu_offered()
+        on_gpu = [gpu and getattr(t.cls, "uses_gpu", False) for t in tasks]
         run_id = uuid.uuid4().hex[:8]
-        futures = {}
-        for i, t in enumerate(tasks):
-            key = f"cell-{run_id}-{i}-{t.system}-{t.dataset}-{t.setting}-{t.seed}"
-            f = self.client.submit(
-                compute_remote, t, bundles[t.protocol], key=key, pure=False,
-                retries=self.retries,
-                resources={"GPU": 1} if gpu and getattr(t.cls, "uses_gpu", False) else None)
-            futures[f] = i
-        keys = {f.key for f in futures}
-        pending = as_completed(list(futures), loop=self.client.loop)
-        while not pending.is_empty():
+        queue = deque(range(len(tasks)))  # grid order
+        lost: Counter[int] = Counter()
+        futures: dict[Any, int] = {}
+        pending = as_completed(loop=self.client.loop)
+
+        def submit(i: int) -> Any:
+            for p in protocols:  # replicated on every worker: a dead worker takes none
+                if p not in bundles or bundles[p].status != "finished":
+                    bundles[p] = self.client.scatter(ProtocolBundle.read(p), hash=False,
+                                                     broadcast=True)
+            t = tasks[i]
+            return self.client.submit(
+                compute_remote, t, bundles[t.protocol], pure=False, retries=self.retries,
+                key=f"cell-{run_id}-{i}-{lost[i]}-{t.system}-{t.dataset}-{t.setting}-{t.seed}",
+                resources={"GPU": 1} if on_gpu[i] else None)
+
+        while queue or futures:
+            if queue:
+                threads, gpus = self._slots()
+                busy_gpus = sum(on_gpu[i] for i in futures.values())
+                while queue and len(futures) < threads:
+                    # one GPU cell goes out even with no GPU worker now: Dask holds it
+                    # until one joins
+                    i = next((i for i in queue if not on_gpu[i] or busy_gpus < max(gpus, 1)),
+                             None)
+                    if i is None:
+                        break
+                    queue.remove(i)
+                    try:
+                        f = submit(i)
+                    except Exception as e:  # the cluster is gone: say so for this cell
+                        yield i, self._unsubmitted(e)
+                        continue
+                    futures[f] = i
+                    busy_gpus += on_gpu[i]
+                    pending.add(f)
             ready = pending.next_batch(block=False)
             if not ready:
-                progress.set_running(self._running(keys))
+                progress.set_running(self._running({f.key for f in futures}))
                 time.sleep(POLL_S)
                 continue
             for f in ready:
-                keys.discard(f.key)
-                yield futures.pop(f), self._outcome(f)
+                i = futures.pop(f)
+                if f.status in ("cancelled", "lost") and lost[i] < self.retries:
+                    lost[i] += 1
+                    queue = deque(sorted([i, *queue]))
+                    continue
+                yield i, self._outcome(f)
         progress.set_running(0)
+
+    @staticmethod
+    def _unsubmitted(exc: BaseException) -> CellError:
+        text = " ".join(f"{type(exc).__name__}: {exc}".split())
+        return CellError(f"the cluster did not take this cell: {text}"[:300],
+                         f"{type(exc).__name__}: {exc}\n(submitting the cell failed: is the "
+                         "Dask scheduler still running?)\n")
 
     @staticmethod
     def _outcome(future: Any) -> Outcome:

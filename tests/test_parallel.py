@@ -129,9 +129,29 @@ class _Forking(_OnCPU):
         super().fit(data, valid)
 
 
+class _Queued(_OnCPU):
+    """Logs, as it starts, its seed and how many of this run's cells the scheduler then
+    holds to compute; takes 0.2-0.8 s, so that cells finish out of grid order."""
+
+    name = "Queued"
+
+    def fit(self, data, valid):
+        from distributed import get_client
+
+        held = get_client().run_on_scheduler(  # not yet computed (finished ones linger)
+            lambda dask_scheduler: sum(str(k).startswith("cell-") and ts.state != "memory"
+                                       for k, ts in dask_scheduler.tasks.items()))
+        with open(Path(self.workdir) / "queued.log", "a") as f:
+            f.write(f"{self.seed} {held}\n")
+        time.sleep(0.2 * (1 + (self.seed * 7) % 4))
+        super().fit(data, valid)
+        self.w = self.w + self.seed
+
+
 @pytest.fixture()
 def test_systems(monkeypatch):
-    for cls in (_SelfKilling, _SharedA, _SharedB, _OnGPU, _OnCPU, _FitFails, _Forking):
+    for cls in (_SelfKilling, _SharedA, _SharedB, _OnGPU, _OnCPU, _FitFails, _Forking,
+                _Queued):
         monkeypatch.setitem(registry.BUILTIN, cls.name, f"{__name__}:{cls.__qualname__}")
 
 
@@ -319,3 +339,62 @@ def test_a_cell_the_cluster_lost_says_so():
     out = DaskExecutor._outcome(Lost())
     assert "lost this cell" in out.error and "'lost'" in out.error
     assert "NoneType" not in out.error + out.traceback
+
+
+def _started(out: Path) -> list[tuple[int, int]]:
+    """(seed, cells the scheduler held) per start of a _Queued cell, in start order."""
+    path = out / "cache" / "queued.log"
+    lines = path.read_text().split("\n") if path.exists() else []
+    return [tuple(map(int, line.split())) for line in lines if line]
+
+
+def test_cells_go_to_the_cluster_in_grid_order_one_per_free_worker(tmp_path, test_systems):
+    """A partial run fills the table from its start: no cell waits queued on a worker
+    (where work stealing would reorder it, and a worker's death would count against it)."""
+    seeds = list(range(6))
+    with cluster(a=None, b=None) as c:
+        res = run_table("warm", "smoke", tmp_path, scheduler=c.scheduler_address,
+                        systems=["Queued"], seeds=seeds, **QUIET)
+    assert not res.failures and len(res.results) == len(seeds)
+    started = _started(tmp_path)
+    assert sorted(s for s, _ in started) == seeds
+    assert max(held for _, held in started) <= 2, f"more cells than workers: {started}"
+    for k, (seed, _) in enumerate(started):  # two at once may start either way round
+        assert abs(seed - k) <= 1, f"out of grid order: {started}"
+
+
+def test_cells_cancelled_by_a_lost_scheduler_connection_are_resubmitted(
+        tmp_path, test_systems, monkeypatch):
+    """Across a suspend the client loses its scheduler, reconnects and cancels every
+    future; the run resubmits those cells and completes them."""
+    import bench.runner
+
+    made = []
+
+    def keep(*args):
+        made.append(make_executor(*args))
+        return made[-1]
+
+    monkeypatch.setattr(bench.runner, "make_executor", keep)
+    aborted = threading.Event()
+
+    def abort_once_a_cell_runs():
+        _until(lambda: bool(_started(tmp_path / "out")), 120)
+        made[0].client.scheduler_comm.comm.abort()
+        aborted.set()
+
+    with cluster(a=None, b=None) as c:
+        watcher = threading.Thread(target=abort_once_a_cell_runs, daemon=True)
+        watcher.start()
+        res = run_table("warm", "smoke", tmp_path / "out", scheduler=c.scheduler_address,
+                        systems=["Queued", "Random"], seeds=[0, 1, 2], **QUIET)
+        watcher.join(5)
+    assert aborted.is_set()
+    assert not res.failures, [f.line() for f in res.failures]
+    assert len(res.results) == 6
+    started = [s for s, _ in _started(tmp_path / "out")]
+    assert len(started) > 3, f"some cell was computed again: {started}"
+    for seed in (0, 1, 2):
+        cell = tmp_path / "out" / "cells" / "ml-100k" / "warm" / "Queued" / f"seed-{seed}"
+        first = json.loads((cell / "scores.jsonl").read_text().splitlines()[0])["scores"]
+        assert first == (np.arange(30.0) + seed).tolist()

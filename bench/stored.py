@@ -84,15 +84,29 @@ def finished_cells(out: Path, log: Callable[[str], None] = print) -> list[CellRe
     return cells
 
 
+def _written_since(out: Path, row: dict, since: float) -> bool:
+    """Whether the cell a failure record names was written after the record: by a later
+    run that stopped before it could rewrite the failures file (killed, interrupted)."""
+    try:
+        cell = (Path(out) / "cells" / _slug(str(row["dataset"])) / str(row["setting"])
+                / _slug(str(row["system"])) / f"seed-{int(row['seed'])}" / "cell.json")
+        return cell.stat().st_mtime > since
+    except (KeyError, TypeError, ValueError, OSError):
+        return False
+
+
 def stored_failures(out: Path, table: str, log: Callable[[str], None]) -> list[dict]:
-    """The failed cells `table`'s last run recorded (their rows stay marked failed)."""
+    """The failed cells `table`'s last run recorded (their rows stay marked failed), less
+    those a later, unfinished run has since computed."""
     path = failures_path(out, table)
     if not path.exists():
         return []
     try:
         rows = json.loads(path.read_text())
-        return [r for r in rows if {"label", "group", "error"} <= set(r)]
-    except (ValueError, TypeError) as e:
+        since = path.stat().st_mtime
+        return [r for r in rows if {"label", "group", "error"} <= set(r)
+                and not _written_since(out, r, since)]
+    except (ValueError, TypeError, AttributeError, OSError) as e:
         log(f"warning: {path} is not readable ({e}); failed rows are not marked")
         return []
 

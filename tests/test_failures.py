@@ -67,6 +67,35 @@ def test_failed_systems_are_marked_and_the_rest_rendered(tmp_path, failing, caps
     assert "| FitFails | failed |" in (out / "warm.md").read_text()
 
 
+class _FitsNow(_FitFails):
+    """FitFails, fixed."""
+
+    def fit(self, data, valid):
+        pass
+
+
+def test_a_failure_a_later_unfinished_run_computed_is_not_marked(tmp_path, failing,
+                                                                 monkeypatch):
+    """A run killed before it rewrote warm.failures.json leaves the older run's record;
+    `report` does not mark a failed row whose cells have been computed since."""
+    import bench.runner
+
+    out = tmp_path / "out"
+    argv = ["--table", "warm", "--profile", "smoke", "--systems", "Random,FitFails,ScoreFails",
+            "--out", str(out)]
+    assert main(["run", *argv]) == 1
+    monkeypatch.setitem(registry.BUILTIN, "FitFails", f"{__name__}:_FitsNow")
+    monkeypatch.setattr(bench.runner, "_record_failures", lambda *a: None)  # killed late
+    main(["run", *argv])
+    assert {f["system"] for f in json.loads((out / "warm.failures.json").read_text())} == {
+        "FitFails", "ScoreFails"}, "the older record is still there"
+    assert main(["report", "--out", str(out)]) == 0
+    rows = {line.split("|")[2].strip(): line for line in
+            (out / "warm.md").read_text().splitlines() if line.startswith("| ")}
+    assert "failed" not in rows["FitFails"] and "0.0" in rows["FitFails"]
+    assert "| ScoreFails | failed |" in rows["ScoreFails"]
+
+
 def test_keep_going_false_reraises(tmp_path, failing):
     with pytest.raises(ValueError, match="boom"):
         run_table("warm", "smoke", tmp_path, systems=["ScoreFails"], keep_going=False, **QUIET)

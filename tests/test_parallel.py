@@ -129,6 +129,9 @@ class _Forking(_OnCPU):
         super().fit(data, valid)
 
 
+TO_COMPUTE = ("waiting", "queued", "no-worker", "processing")  # a scheduler's task states
+
+
 class _Queued(_OnCPU):
     """Logs, as it starts, its seed and how many of this run's cells the scheduler then
     holds to compute; takes 0.2-0.8 s, so that cells finish out of grid order."""
@@ -138,8 +141,8 @@ class _Queued(_OnCPU):
     def fit(self, data, valid):
         from distributed import get_client
 
-        held = get_client().run_on_scheduler(  # not yet computed (finished ones linger)
-            lambda dask_scheduler: sum(str(k).startswith("cell-") and ts.state != "memory"
+        held = get_client().run_on_scheduler(  # to compute (finished ones linger a while)
+            lambda dask_scheduler: sum(str(k).startswith("cell-") and ts.state in TO_COMPUTE
                                        for k, ts in dask_scheduler.tasks.items()))
         with open(Path(self.workdir) / "queued.log", "a") as f:
             f.write(f"{self.seed} {held}\n")

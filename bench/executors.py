@@ -218,10 +218,6 @@ class DaskExecutor(Executor):
         atomic_write_text(Path(workdir) / RUN_TOKEN, token + "\n")
         return token
 
-    def _gpu_offered(self) -> bool:
-        workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
-        return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
-
     def _running(self, keys: set[str]) -> int:
         """This run's cells being computed: those a worker holds, at most one per thread
         (a worker may hold queued tasks too)."""
@@ -257,9 +253,8 @@ class DaskExecutor(Executor):
 
         if not tasks:
             return
-        protocols = list(dict.fromkeys(t.protocol for t in tasks))
         bundles: dict[str, Any] = {}
-        gpu = self._gpu_offered()
+        gpu = self._slots()[1] > 0
         on_gpu = [gpu and getattr(t.cls, "uses_gpu", False) for t in tasks]
         run_id = uuid.uuid4().hex[:8]
         queue = deque(range(len(tasks)))  # grid order
@@ -268,11 +263,12 @@ class DaskExecutor(Executor):
         pending = as_completed(loop=self.client.loop)
 
         def submit(i: int) -> Any:
-            for p in protocols:  # replicated on every worker: a dead worker takes none
-                if p not in bundles or bundles[p].status != "finished":
-                    bundles[p] = self.client.scatter(ProtocolBundle.read(p), hash=False,
-                                                     broadcast=True)
             t = tasks[i]
+            # scattered when first needed, and again if a reconnect cancelled it;
+            # replicated on every worker: a dead worker takes none with it
+            if bundles.get(t.protocol) is None or bundles[t.protocol].status != "finished":
+                bundles[t.protocol] = self.client.scatter(ProtocolBundle.read(t.protocol),
+                                                          hash=False, broadcast=True)
             return self.client.submit(
                 compute_remote, t, bundles[t.protocol], pure=False, retries=self.retries,
                 key=f"cell-{run_id}-{i}-{lost[i]}-{t.system}-{t.dataset}-{t.setting}-{t.seed}",

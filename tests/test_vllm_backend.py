@@ -273,3 +273,44 @@ def test_rows_on_vllm_match_hf(rows_work, key, cls, mode):
         assert vl_info["invalid_rate"] == hf_info["invalid_rate"]
     if key == "molorec":
         assert vl_info["weights_by_layer"] == hf_info["weights_by_layer"]
+
+
+# -- vLLM inside a Dask worker (--jobs N, --scheduler) ----------------------------------
+
+def _row_on_vllm(workdir: str, engine_process: bool) -> tuple[np.ndarray, int]:
+    """MoLoRec-S fitted and scored (8 test users) on vLLM; in a Dask worker, with vLLM's
+    engine core in a process of its own, as a cell on a cluster runs it."""
+    if engine_process:
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    data, valid, test, _ = synthetic()
+    row = S.MoLoRecS(micro_config("molorec-s", ranking={"mode": "score", "backend": "vllm"}),
+                     0, workdir)
+    try:
+        row.fit(data, valid)
+        assert row.describe()["backend"] == "vllm"
+        return row.score(test[:8]), os.getpid()
+    finally:
+        row.close()
+
+
+def test_a_row_on_vllm_runs_in_a_dask_worker(rows_work):
+    """The worker of `--jobs N` (bench.executors' local cluster and its Dask settings:
+    non-daemonic, so vLLM may start its engine process) gives the test process's scores."""
+    pytest.importorskip("distributed")
+    import dask
+    from distributed import Client
+
+    from bench.executors import _local_cluster, _local_config
+
+    want, here = _row_on_vllm(rows_work, False)
+    saved = dict(os.environ)
+    try:
+        with dask.config.set(_local_config()), _local_cluster(1, 0) as cluster, \
+                Client(cluster) as client:
+            got, there = client.submit(_row_on_vllm, rows_work, True,
+                                       pure=False).result(timeout=900)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert there != here
+    np.testing.assert_allclose(got, want, atol=TOL, rtol=0)

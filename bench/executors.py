@@ -121,10 +121,12 @@ def _local_config() -> dict[str, Any]:
     """Dask settings of a local cluster, held while it runs (a Nanny reads some of them
     again whenever it restarts a dead worker)."""
     # Workers inherit this process's thread settings (Dask would pin OMP/MKL/OpenBLAS to 1
-    # thread, which a serial run does not do), so they compute the serial run's numbers.
+    # thread, which a serial run does not do), so they compute the serial run's numbers;
+    # and its malloc: Dask's MALLOC_TRIM_THRESHOLD_=65536 hands every freed tensor buffer
+    # back to the OS, so the next one page-faults in again (BENCHMARKS.md, "Parallel cells").
     config: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": None
                               for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                        "OPENBLAS_NUM_THREADS")}
+                                        "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")}
     # no task queued behind another on a busy worker (the driver submits cells one per
     # free thread anyway: cells depend on scattered data, so they are not root tasks,
     # which is all this setting governs)

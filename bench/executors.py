@@ -163,7 +163,7 @@ def _local_cluster(jobs: int, retries: int) -> Any:
 
 
 def _restore_environ(saved: dict[str, str]) -> None:
-    """A Nanny sets its spawn environment (PYTHONHASHSEED, MALLOC_TRIM_THRESHOLD_) in the
+    """A Nanny sets its spawn environment (PYTHONHASHSEED, ...) in the
     process that runs it, here the driver, at each (re)start of its worker: undo that."""
     if dict(os.environ) != saved:
         os.environ.clear()

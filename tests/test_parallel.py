@@ -28,7 +28,7 @@ from bench.cells import (
     machine_cores,
 )
 from bench.cli import main
-from bench.executors import DaskExecutor, _local_cluster, _local_config, make_executor
+from bench.executors import DaskExecutor, make_executor
 from bench.runner import run_table
 from protocols.errors import HarnessError, OptionError
 from protocols.store import Store
@@ -411,18 +411,8 @@ def test_local_workers_keep_the_drivers_thread_and_malloc_settings(monkeypatch):
     """Dask's nanny would pin OpenMP to 1 thread and set MALLOC_TRIM_THRESHOLD_=65536,
     with which CPU cells faulted their tensor buffers in again and again (BENCHMARKS.md,
     "Parallel cells"): `--jobs` workers inherit the driver's settings instead."""
-    import dask
-    from distributed import Client
-
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
-    saved = dict(os.environ)
-    try:
-        with dask.config.set(_local_config()), _local_cluster(1, 0) as c, \
-                Client(c, set_as_default=False) as client:
-            client.wait_for_workers(1, timeout=60)
-            settings = list(client.run(_spawn_settings).values())
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    with DaskExecutor.local(1) as executor:
+        settings = list(executor.client.run(_spawn_settings).values())
     assert settings == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "2"}]

@@ -134,6 +134,13 @@ def _local_config() -> dict[str, Any]:
     # a cell may start processes of its own (vLLM's engine core, a DataLoader's workers),
     # which Python refuses in a daemonic process
     config["distributed.worker.daemon"] = False
+    # Dask's periodic work takes the GIL from a cell's thread: the worker's profiler walks
+    # the running task's stack every 10 ms, and each server checks its event loop every
+    # 20 ms. An LLM training step on 2 cores ran 1.24x slower in a worker than in the main
+    # process with them, 1.02x without (BENCHMARKS.md, "Dask's periodic work").
+    config["distributed.worker.profile.enabled"] = False
+    config["distributed.admin.tick.interval"] = "1s"
+    config["distributed.admin.system-monitor.interval"] = "60s"
     return config
 
 

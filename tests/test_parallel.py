@@ -13,6 +13,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -416,3 +417,18 @@ def test_local_workers_keep_the_drivers_thread_and_malloc_settings(monkeypatch):
     with DaskExecutor.local(1) as executor:
         settings = list(executor.client.run(_spawn_settings).values())
     assert settings == [{"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "2"}]
+
+
+def _periodic_work(dask_worker: Any) -> dict[str, float | None]:
+    callbacks = dask_worker.periodic_callbacks
+    return {name: callbacks[name].callback_time if name in callbacks else None
+            for name in ("profile", "tick", "monitor")}
+
+
+def test_local_workers_do_not_profile_their_cells():
+    """The profiler's 10 ms stack samples and the 20 ms event-loop ticks took the GIL from
+    LLM cells (1.24x slower training steps; BENCHMARKS.md): `--jobs` workers run without
+    the one and with the others slowed down."""
+    with DaskExecutor.local(1) as executor:
+        periodic = list(executor.client.run(_periodic_work).values())
+    assert periodic == [{"profile": None, "tick": 1000.0, "monitor": 60000.0}]

@@ -127,6 +127,10 @@ def _local_config() -> dict[str, Any]:
     config: dict[str, Any] = {f"distributed.nanny.pre-spawn-environ.{k}": None
                               for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS",
                                         "OPENBLAS_NUM_THREADS", "MALLOC_TRIM_THRESHOLD_")}
+    # no progress bars from the workers' cells beside the grid's: tqdm reads TQDM_* when it
+    # is imported, and a spawned worker imports it (re-importing the `run` process's main
+    # module) before the Nanny applies its `env`, so it goes in before the spawn
+    config["distributed.nanny.pre-spawn-environ.TQDM_DISABLE"] = "1"
     # no task queued behind another on a busy worker (the driver submits cells one per
     # free thread anyway: cells depend on scattered data, so they are not root tasks,
     # which is all this setting governs)
@@ -156,9 +160,7 @@ def _local_cluster(jobs: int, retries: int) -> Any:
     gpus = _visible_gpus()
     workers = {}
     for i in range(jobs):
-        env = {"TQDM_DISABLE": "1"}
-        if gpus:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        env = {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)]} if gpus else {}
         workers[f"local-{i}"] = {"cls": Nanny, "options": {
             "nthreads": 1, "memory_limit": 0, "host": "127.0.0.1", "env": env,
             "resources": {"GPU": 1} if i < len(gpus) else None,

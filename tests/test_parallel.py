@@ -9,6 +9,8 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -432,3 +434,36 @@ def test_local_workers_do_not_profile_their_cells():
     with DaskExecutor.local(1) as executor:
         periodic = list(executor.client.run(_periodic_work).values())
     assert periodic == [{"profile": None, "tick": 1000.0, "monitor": 60000.0}]
+
+
+BARS_SCRIPT = """
+import io
+import json
+
+from bench.executors import DaskExecutor  # imports tqdm, as `python -m bench` does
+
+
+def bars_disabled():
+    from tqdm.auto import tqdm
+
+    return tqdm(range(1), file=io.StringIO()).disable
+
+
+if __name__ == "__main__":
+    with DaskExecutor.local(1) as executor:
+        print(json.dumps(list(executor.client.run(bars_disabled).values())))
+"""
+
+
+def test_local_workers_show_no_progress_bars(tmp_path):
+    """The grid's bar is the run's only one: a worker's cells draw none, though a spawned
+    worker imports tqdm (re-importing the driver's main module) before the Nanny applies
+    the worker's environment."""
+    script = tmp_path / "bars.py"
+    script.write_text(BARS_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TQDM_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parents[1]),
+                                         env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         env=env, timeout=300, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == [True]

@@ -32,6 +32,7 @@ def _numpy_compat() -> None:
 
 _numpy_compat()
 
+import recbole.model.sequential_recommender  # noqa: E402,F401  (see below)
 import recbole.trainer.trainer as _trainer_module  # noqa: E402
 import torch  # noqa: E402
 from recbole.config import Config  # noqa: E402
@@ -41,6 +42,14 @@ from recbole.data.interaction import Interaction  # noqa: E402
 from recbole.sampler import Sampler  # noqa: E402
 from recbole.trainer import Trainer  # noqa: E402
 from recbole.utils import init_seed  # noqa: E402
+
+# Importing any model of recbole.model.sequential_recommender (GRU4Rec, SASRec) runs the
+# package's __init__, which imports SINE, whose module calls
+# torch.autograd.set_detect_anomaly(True) (recbole 1.2.1, sine.py line 25): from then on
+# every backward pass in the process keeps a traceback per op and checks for NaN, and every
+# later cell of a `run` or a worker trained that way (TALLRec's fit 405 s against 222 s).
+# The package is imported above, once; switch the mode off again.
+torch.autograd.set_detect_anomaly(False)
 
 from baselines.common import EarlyStopping, pad_right  # noqa: E402
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation  # noqa: E402

@@ -129,11 +129,14 @@ def _threads(multithreaded: bool) -> int:
 
 
 def _prepare(seed: int, multithreaded: bool = False) -> None:
-    """Seed every generator and pin torch's CPU threads (`_threads`)."""
+    """Seed every generator, pin torch's CPU threads (`_threads`) and switch off autograd's
+    anomaly detection (an import may have switched it on for the whole process; see
+    baselines/_recbole.py): a cell trains at the same speed whatever ran before it."""
     import torch
 
     seed_everything(seed)
     torch.set_num_threads(_threads(multithreaded))
+    torch.autograd.set_detect_anomaly(False)
 
 
 CORES_LOCK = Path(tempfile.gettempdir()) / f"molorec-bench-cores-{os.getuid()}"  # per user

@@ -2,60 +2,90 @@
 
     pytest tests/bench_parallel.py --benchmark-only -p no:cacheprovider
 
-One LoRA training step of a Gemma-3-270M-sized model (random weights: the arithmetic is
-the real model's; r 16 on every linear layer, 8 sequences x 128 tokens, the loss on the
-last position only, as the cpu profile's answer tokens; bf16 autocast where the CPU has
-native bf16), on every core, timed
-- in the main process (a serial run),
+The LLM rows' two kinds of work on Gemma-3-270M with the cpu profile's settings, on
+every core (bf16 autocast where the CPU has native bf16): scoring 8 real ML-100K
+validation requests x 30 candidates (packed, title vocabulary), and one LoRA training
+step on a micro-batch of them (AdamW). Each is timed
+- in the main process (as in a serial run),
 - in a `--jobs` worker (bench.executors' local cluster),
-- in a worker with Dask's default periodic work (its profiler samples the running task's
-  stack every 10 ms, each server ticks every 20 ms, the system monitor every 500 ms).
-The last two differ only in those three settings. Numbers go to BENCHMARKS.md, section
-"Dask's periodic work".
+- in a worker with Dask's default periodic work: its profiler samples the running task's
+  stack every 10 ms, each server ticks every 20 ms, the system monitor every 500 ms. It
+  differs from the `--jobs` worker in those three settings only.
+The training step also runs in the main process with autograd's anomaly detection on, as
+every cell after a RecBole sequential model trained until RecBole's SINE import was undone
+(baselines/_recbole.py).
+The backbone is converted once ($MOLOREC_BENCH_CACHE, else a temporary directory the
+workers inherit). Numbers go to BENCHMARKS.md, section "Dask's periodic work".
 """
 
 from __future__ import annotations
 
+import copy
 import os
+import tempfile
 from typing import Any
 
-ROUNDS = 6
-_MODEL: dict[str, Any] = {}  # per process: the model and its batch, built once
+import pytest
+
+os.environ.setdefault("MOLOREC_BENCH_CACHE", tempfile.mkdtemp(prefix="bench-gemma-"))
+N_REQUESTS = 8
+ROUNDS = 5
+_STATE: dict[str, Any] = {}  # per process: the system, its prompts, a LoRA model
 
 
-def _build() -> None:
+def _setup() -> dict[str, Any]:
+    if _STATE:
+        return _STATE
     import torch
     from peft import LoraConfig, get_peft_model
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
-    from molorec.lm import resolve_compute
+    from molorec import systems as S
+    from molorec.instructions import Example
+    from molorec.profiles import PROFILES
+    from molorec.train_loop import collate
+    from tests import bench_setup
 
-    torch.manual_seed(0)
-    torch.set_num_threads(os.cpu_count() or 1)
-    config = Gemma3TextConfig(hidden_size=640, intermediate_size=2048, num_hidden_layers=18,
-                              num_attention_heads=4, num_key_value_heads=1, head_dim=256,
-                              vocab_size=262144, sliding_window=512)
-    model = get_peft_model(Gemma3ForCausalLM(config),
-                           LoraConfig(r=16, lora_alpha=32, target_modules="all-linear"))
-    _MODEL.update(model=model, ids=torch.randint(0, 262144, (8, 128)),
-                  compute=resolve_compute("auto", "cpu"))
+    bench_setup.threads()
+    cpu = PROFILES["molorec"]["cpu"]
+    work, proto = bench_setup.warm_protocol()
+    system = S.MoLoRecS(copy.deepcopy(cpu), 0, work)
+    system.train_artifacts(proto.data)  # the backbone only
+    system._serve(None)
+    cases = [system._prompt(r) for r in proto.valid.requests[:N_REQUESTS]]
+    lora = cpu["lora"]
+    peft_model = get_peft_model(copy.deepcopy(system.backend.model), LoraConfig(
+        r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
+        target_modules=lora["target_modules"]))
+    peft_model.train()
+    micro = cpu["specific"]["train"]["micro_batch_size"]
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    _STATE.update(system=system, cases=cases, peft=peft_model,
+                  batch=collate([Example(p, a[0]) for p, a in cases[:micro]], 0, "cpu"),
+                  opt=torch.optim.AdamW(params, lr=1e-4))
+    return _STATE
 
 
-def train_step() -> None:
-    """One LoRA training step (forward, backward), building the model on the first call."""
+def work(kind: str) -> None:
+    """One round of `kind` (score / train), setting up this process on its first call."""
     import torch
 
-    from molorec.lm import autocast, logits_at
+    from molorec import ranking as R
+    from molorec.lm import autocast, resolve_compute
+    from molorec.train_loop import answer_loss_sum
 
-    if not _MODEL:
-        _build()
-    model, ids = _MODEL["model"], _MODEL["ids"]
-    last = torch.arange(1, len(ids) + 1) * ids.shape[1] - 1
-    with autocast(_MODEL["compute"], "cpu"):
-        logits, _ = logits_at(model, last, input_ids=ids)
-        loss = torch.nn.functional.cross_entropy(logits.float(), ids[:, 0])
-    loss.backward()
-    model.zero_grad(set_to_none=True)
+    s = _setup()
+    compute = resolve_compute("auto", "cpu")
+    if kind == "score":
+        with torch.no_grad(), autocast(compute, "cpu"):
+            for prompt, answers in s["cases"]:
+                R.answer_logprobs(s["system"].backend.model, prompt, answers, "packed",
+                                  s["system"].vocab)
+    else:
+        with autocast(compute, "cpu"):
+            loss = answer_loss_sum(s["peft"], s["batch"])
+        loss.backward()
+        s["opt"].step()
+        s["opt"].zero_grad(set_to_none=True)
 
 
 DASK_DEFAULTS = {"distributed.worker.profile.enabled": True,
@@ -63,27 +93,35 @@ DASK_DEFAULTS = {"distributed.worker.profile.enabled": True,
                  "distributed.admin.system-monitor.interval": "500ms"}
 
 
-def _on_worker(benchmark: Any, monkeypatch: Any, dask_defaults: bool) -> None:
+@pytest.mark.parametrize("where", ["main process", "--jobs worker", "worker, Dask defaults"])
+@pytest.mark.parametrize("kind", ["score", "train"])
+def test_llm_work(benchmark, monkeypatch, kind, where):
     from bench import executors
 
-    if dask_defaults:
+    benchmark.group = f"{kind}: {N_REQUESTS} requests x 30 candidates" if kind == "score" \
+        else f"{kind}: one LoRA step"
+    if where == "main process":
+        work(kind)  # set up, warm up
+        benchmark.pedantic(work, args=(kind,), rounds=ROUNDS, iterations=1)
+        return
+    if where == "worker, Dask defaults":
         ours = executors._local_config
         monkeypatch.setattr(executors, "_local_config", lambda: {**ours(), **DASK_DEFAULTS})
     with executors.DaskExecutor.local(1) as executor:
         client = executor.client
-        client.submit(train_step, pure=False).result()  # build, warm up
-        benchmark.pedantic(lambda: client.submit(train_step, pure=False).result(),
+        client.submit(work, kind, pure=False).result()  # set up, warm up
+        benchmark.pedantic(lambda: client.submit(work, kind, pure=False).result(),
                            rounds=ROUNDS, iterations=1)
 
 
-def test_train_step_in_the_main_process(benchmark):
-    train_step()  # build, warm up
-    benchmark.pedantic(train_step, rounds=ROUNDS, iterations=1)
+def test_train_step_with_anomaly_detection(benchmark):
+    import torch
 
-
-def test_train_step_in_a_jobs_worker(benchmark, monkeypatch):
-    _on_worker(benchmark, monkeypatch, dask_defaults=False)
-
-
-def test_train_step_in_a_worker_with_dasks_defaults(benchmark, monkeypatch):
-    _on_worker(benchmark, monkeypatch, dask_defaults=True)
+    benchmark.group = "train: one LoRA step"
+    work("train")
+    torch.autograd.set_detect_anomaly(True)
+    try:
+        work("train")  # warm up
+        benchmark.pedantic(work, args=("train",), rounds=ROUNDS, iterations=1)
+    finally:
+        torch.autograd.set_detect_anomaly(False)

@@ -239,3 +239,19 @@ def test_fmlp_loss_decreases_on_a_tiny_task():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_importing_a_recbole_sequential_model_leaves_anomaly_detection_off():
+    """RecBole's SINE module turns on autograd's anomaly detection for the whole process
+    when any of its sequential models is imported; every later backward pass was then
+    several times slower. Checked in a fresh interpreter, where the import really runs."""
+    import subprocess
+    import sys
+
+    code = ("import torch, baselines.gru4rec\n"
+            "from recbole.model.sequential_recommender.gru4rec import GRU4Rec\n"
+            "from recbole.model.sequential_recommender.sine import SINE\n"
+            "print(torch.is_anomaly_enabled())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=300)
+    assert out.stdout.split() == ["False"]

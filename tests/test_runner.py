@@ -201,3 +201,18 @@ def test_report_rebuilds_without_training(small_run, tmp_path):
     r = _cli("report", "--out", str(out), "--table", "warm")
     assert r.returncode == 0, r.stderr
     assert "Pop" in (out / "warm.md").read_text()
+
+
+def test_a_cell_starts_with_autograd_anomaly_detection_off():
+    """Whatever an earlier cell of the process switched on (RecBole's SINE module turns on
+    anomaly detection when imported), the next cell trains without it."""
+    import torch
+
+    from bench.cells import _prepare
+
+    torch.autograd.set_detect_anomaly(True)
+    try:
+        _prepare(0)
+        assert not torch.is_anomaly_enabled()
+    finally:
+        torch.autograd.set_detect_anomaly(False)

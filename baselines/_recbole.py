@@ -47,8 +47,8 @@ from recbole.utils import init_seed  # noqa: E402
 # package's __init__, which imports SINE, whose module calls
 # torch.autograd.set_detect_anomaly(True) (recbole 1.2.1, sine.py line 25): from then on
 # every backward pass in the process keeps a traceback per op and checks for NaN, and every
-# later cell of a `run` or a worker trained that way (TALLRec's fit 405 s against 222 s).
-# The package is imported above, once; switch the mode off again.
+# later cell of a `run` or a worker trained that way (a Gemma-3-270M LoRA step 1.48x slower;
+# BENCHMARKS.md). The package is imported above, once; switch the mode off again.
 torch.autograd.set_detect_anomaly(False)
 
 from baselines.common import EarlyStopping, pad_right  # noqa: E402

@@ -140,8 +140,9 @@ def _local_config() -> dict[str, Any]:
     config["distributed.worker.daemon"] = False
     # Dask's periodic work takes the GIL from a cell's thread: the worker's profiler walks
     # the running task's stack every 10 ms, and each server checks its event loop every
-    # 20 ms. An LLM training step on 2 cores ran 1.24x slower in a worker than in the main
-    # process with them, 1.02x without (BENCHMARKS.md, "Dask's periodic work").
+    # 20 ms. With them, Gemma-3-270M scored 1.21x slower in a worker on 2 cores, and a full
+    # training step ran 1.28x slower than in the main process (1.02-1.04x without; BENCHMARKS.md,
+    # "Why an LLM cell ran slower in a worker").
     config["distributed.worker.profile.enabled"] = False
     config["distributed.admin.tick.interval"] = "1s"
     config["distributed.admin.system-monitor.interval"] = "60s"

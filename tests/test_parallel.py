@@ -429,7 +429,7 @@ def _periodic_work(dask_worker: Any) -> dict[str, float | None]:
 
 def test_local_workers_do_not_profile_their_cells():
     """The profiler's 10 ms stack samples and the 20 ms event-loop ticks took the GIL from
-    LLM cells (1.24x slower training steps; BENCHMARKS.md): `--jobs` workers run without
+    LLM cells (Gemma scoring 1.21x slower; BENCHMARKS.md): `--jobs` workers run without
     the one and with the others slowed down."""
     with DaskExecutor.local(1) as executor:
         periodic = list(executor.client.run(_periodic_work).values())

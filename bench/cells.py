@@ -163,7 +163,7 @@ def machine_cores(exclusive: bool, base: Path = CORES_LOCK) -> Iterator[None]:
         os.close(gate)
 
 
-def _on_every_core(task: CellTask) -> bool:
+def on_every_core(task: CellTask) -> bool:
     """Whether the cell's torch runs on several CPU threads (not on a GPU)."""
     if _threads(getattr(task.cls, "multithreaded", False)) <= 1:
         return False
@@ -275,7 +275,7 @@ def compute_remote(task: CellTask, protocol: ProtocolBundle) -> CellOutput | Cel
     artifact cache, it runs one cell at a time), then return only what pickles."""
     if (why := _unfit_worker(task)) is not None:
         return CellError(why, "", harness=True)
-    with machine_cores(exclusive=_on_every_core(task)):
+    with machine_cores(exclusive=on_every_core(task)):
         out = compute_cell(task, protocol)
     if isinstance(out, CellError):
         return CellError(out.error, out.traceback, out.harness)

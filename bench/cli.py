@@ -20,7 +20,7 @@ from protocols.options import ProtocolOptions
 EPILOG = """examples:
   python -m bench run --table warm                      # cpu profile, embedded ML-100K
   python -m bench run --table cold --profile smoke --out /tmp/smoke
-  python -m bench run --table warm --jobs 2                # two local worker processes
+  python -m bench run --table warm --jobs 1                # in this process, one cell at a time
   python -m bench run --table warm --scheduler tcp://10.0.0.5:8786 --out /shared/runs/w
   python -m bench protocol build --dataset ml-100k --setting warm --seed 0 --out data/warm
   python -m bench report --out runs/default --table warm --reference paper
@@ -34,6 +34,14 @@ GENERAL_FROM_HELP = (
     "take the domain-general corpus from these datasets (comma-separated or repeated; PATH: "
     "a directory of the dataset's files),\noverlap with the target removed, instead of a "
     "share of the dataset's own users")
+
+
+def _jobs_defaults() -> str:
+    """The profiles' --jobs defaults, for --help."""
+    parallel = {n: p.jobs_memory_gib for n, p in profiles.PROFILES.items() if p.jobs_memory_gib}
+    one = [n for n in profiles.PROFILES if n not in parallel]
+    return "; ".join([f"{n}: one per core, at most one per {g:g} GiB of memory"
+                      for n, g in parallel.items()] + ([" and ".join(one) + ": 1"] if one else []))
 
 
 def _csv(text: str) -> list[str]:
@@ -81,9 +89,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--data-path", help="directory of the dataset's files (one dataset)")
     run.add_argument("--general-from", action="append", metavar="NAME[:PATH]",
                      help=GENERAL_FROM_HELP + " (default: the profile's; paper: the paper's)")
-    run.add_argument("--jobs", type=int, default=1,
-                     help="cells computed at once by local worker processes (default 1: in "
-                          "this\nprocess, one after another)")
+    run.add_argument("--jobs", type=int,
+                     help="cells computed at once by local worker processes; 1: in this "
+                          f"process,\none after another (default: the profile's; "
+                          f"{_jobs_defaults()})")
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="compute the cells on the Dask cluster at ADDRESS (tcp://host:8786);"
                           "\n--out must be on storage every worker mounts at the same path")

@@ -1,9 +1,11 @@
 """Where a table's cells run: one seam, `Executor.run(tasks)`, yielding each cell's outcome
 as it finishes; the driver (bench.runner) writes it.
 
-- `Serial`: in this process, one after another (the default, and the simplest case).
+- `Serial`: in this process, one after another (`--jobs 1`, and the simplest case).
 - `DaskExecutor.local(jobs)`: N worker processes on this machine (`--jobs N`).
 - `DaskExecutor.connect(address)`: a running Dask cluster (`--scheduler ADDRESS`).
+- `OnDemand(jobs)`: a profile's default (bench.profiles.Profile.local_jobs): up to N
+  local workers, started only once the driver knows which cells are left to compute.
 
 The driver hands the cluster one cell per free worker thread, in grid order, so a partial
 run fills the table from its start. Dask reschedules a cell whose worker died (up to
@@ -35,6 +37,7 @@ from bench.cells import (
     ProtocolBundle,
     compute_cell,
     compute_remote,
+    on_every_core,
 )
 from protocols.errors import OptionError
 from protocols.store import atomic_write_text
@@ -86,6 +89,9 @@ class Executor:
     def prepare(self, workdir: Path) -> str | None:
         """Called by the driver before tasks are made; returns the run token tasks carry."""
         return None
+
+    def expect(self, tasks: Sequence[CellTask]) -> None:
+        """Called by the driver with the cells to compute, before `run`."""
 
     def close(self) -> None:
         pass
@@ -180,6 +186,14 @@ def _restore_environ(saved: dict[str, str]) -> None:
         os.environ.update(saved)
 
 
+def _write_token(workdir: Path) -> str:
+    """Write a fresh token into the artifact cache; a worker that cannot read it does not
+    share the driver's storage and refuses to compute."""
+    token = uuid.uuid4().hex
+    atomic_write_text(Path(workdir) / RUN_TOKEN, token + "\n")
+    return token
+
+
 class DaskExecutor(Executor):
     """Cells as Dask tasks; the protocol files are scattered once and travel to workers."""
 
@@ -224,11 +238,7 @@ class DaskExecutor(Executor):
         return cls(client, None, retries, f"the Dask cluster at {address}")
 
     def prepare(self, workdir: Path) -> str:
-        """Write a fresh token into the artifact cache; a worker that cannot read it does
-        not share the driver's storage and refuses to compute."""
-        token = uuid.uuid4().hex
-        atomic_write_text(Path(workdir) / RUN_TOKEN, token + "\n")
-        return token
+        return _write_token(workdir)
 
     def _running(self, keys: set[str]) -> int:
         """This run's cells being computed: those a worker holds, at most one per thread
@@ -358,13 +368,51 @@ class DaskExecutor(Executor):
                     _restore_environ(self._environ)
 
 
-def make_executor(jobs: int = 1, scheduler: str | None = None,
-                  retries: int = RETRIES) -> Executor:
-    """`--jobs N` / `--scheduler ADDRESS` as an executor (checked first)."""
+class OnDemand(Executor):
+    """A profile's default of up to `jobs` local workers, sized to the work: one per cell
+    that can run beside another, none unless two can. A cell on every CPU core (an LLM
+    row) runs alone anyway (bench.cells.machine_cores), so a cached run, a one-cell run or
+    a table of LLM rows only runs here, as `Serial`, without the workers' start-up and
+    their memory."""
+
+    def __init__(self, jobs: int, retries: int = RETRIES):
+        self.jobs, self.retries = jobs, retries
+        self.inner: Executor = Serial()
+        self.name = self.inner.name
+
+    def prepare(self, workdir: Path) -> str:
+        return _write_token(workdir)
+
+    def expect(self, tasks: Sequence[CellTask]) -> None:
+        workers = min(self.jobs, sum(not on_every_core(t) for t in tasks))
+        if workers > 1 and isinstance(self.inner, Serial):
+            self.inner = DaskExecutor.local(workers, self.retries)
+            self.name = self.inner.name
+
+    def run(self, tasks: Sequence[CellTask], progress: Progress
+            ) -> Iterator[tuple[int, Outcome]]:
+        return self.inner.run(tasks, progress)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _check(jobs: int, retries: int) -> None:
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise OptionError(f"--jobs must be an integer >= 1, got {jobs!r}")
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise OptionError(f"--retries must be an integer >= 0, got {retries!r}")
+
+
+def make_executor(jobs: int | None = 1, scheduler: str | None = None,
+                  retries: int = RETRIES, default_jobs: int = 1) -> Executor:
+    """`--jobs N` / `--scheduler ADDRESS` as an executor (checked first). `jobs=None`: the
+    profile's `default_jobs` local workers (`OnDemand`), or this process for 1."""
+    if jobs is None and scheduler is None and default_jobs > 1:
+        _check(default_jobs, retries)
+        return OnDemand(default_jobs, retries)
+    jobs = 1 if jobs is None else jobs
+    _check(jobs, retries)
     if scheduler is not None:
         if jobs != 1:
             raise OptionError("--jobs and --scheduler exclude each other: --jobs starts "

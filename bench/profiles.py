@@ -8,6 +8,7 @@ specs (protocols.settings), which systems exist by the registry.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -38,6 +39,22 @@ class Profile:
     # dataset -> the datasets its domain-general corpus comes from (protocols.general_corpus;
     # absent: the seeded `protocol.general_fraction` of its own users)
     general_from: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # memory (GiB) one local worker process may need; set where `--jobs` was measured
+    # faster than one process: `run` then defaults to as many workers as cores and memory
+    # allow (`local_jobs`). None: one process unless --jobs says otherwise
+    jobs_memory_gib: float | None = None
+
+    def local_jobs(self, cores: int | None = None, memory_gib: float | None = None) -> int:
+        """Local worker processes for a run without --jobs: 1 without `jobs_memory_gib`,
+        else one per core, at most one per `jobs_memory_gib` of memory (this machine's
+        when not given; unknown memory: 1)."""
+        if self.jobs_memory_gib is None:
+            return 1
+        cores = cpu_cores() if cores is None else cores
+        memory_gib = memory_gib_total() if memory_gib is None else memory_gib
+        if memory_gib is None:
+            return 1
+        return max(1, min(cores, int(memory_gib // self.jobs_memory_gib)))
 
     def systems_for(self, table: str) -> tuple[str, ...]:
         return tuple(self.table_systems.get(table, self.systems))
@@ -65,6 +82,9 @@ PROFILES = {
         note="the cpu path cut down (80 users per part, tiny models) for end-to-end tests"),
     "cpu": Profile(
         "cpu", ("ml-100k",), (0,),
+        # the whole warm table ran 1.15x faster with --jobs 2 than in one process on 2
+        # cores; two workers held 12.2 GB at most (BENCHMARKS.md, "Parallel cells")
+        jobs_memory_gib=8,
         note="embedded MovieLens-100K, sized for a 2-core machine"),
     "paper": Profile(
         "paper",
@@ -76,6 +96,22 @@ PROFILES = {
         general_from=PAPER_GENERAL,
         note="the paper's datasets and settings, for GPU machines (download first)"),
 }
+
+
+def cpu_cores() -> int:
+    """The cores this process may run on (a container's or a batch job's share)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def memory_gib_total() -> float | None:
+    """Physical memory of this machine in GiB; None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (AttributeError, OSError, ValueError):
+        return None
 
 
 def get(name: str) -> Profile:

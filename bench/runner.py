@@ -271,7 +271,7 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
               seeds: Sequence[int] | None = None, force: bool = False,
               data_path: str | None = None, log: Callable[[str], None] = print, *,
               keep_going: bool = True, render: Renderer | None = None,
-              general_from: Sequence[str] | None = None, jobs: int = 1,
+              general_from: Sequence[str] | None = None, jobs: int | None = None,
               scheduler: str | None = None, retries: int = RETRIES) -> TableRun:
     """Run (or load from cache) every cell of a table.
 
@@ -283,7 +283,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     `general_from` (`NAME[:PATH]` values) takes every dataset's domain-general corpus from
     those datasets; None: the profile's choice per dataset (Profile.general_from).
     The cells to compute run in this process (`jobs=1`), on `jobs` local worker processes,
-    or on the Dask cluster at `scheduler` (bench.executors); the driver writes each."""
+    or on the Dask cluster at `scheduler` (bench.executors); the driver writes each.
+    `jobs=None`: the profile's default for this machine (Profile.local_jobs)."""
     tables = settings.tables()
     if table not in tables:
         raise OptionError(f"unknown table {table!r}; use one of {', '.join(tables)}")
@@ -314,7 +315,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
             if overlapping(root, out):
                 raise OutputError(f"--out {out} overlaps the input directory {root}; write "
                                   "results somewhere else")
-    executor = make_executor(jobs, scheduler, retries)
+    default_jobs = prof.local_jobs() if jobs is None and scheduler is None else 1
+    executor = make_executor(jobs, scheduler, retries, default_jobs)
     t0 = time.perf_counter()
     with executor, outdir.locked(out):
         protos = {}
@@ -342,8 +344,11 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
                 continue
             _check_cell_dir(cell_dir)
             todo.append((n, task, cell_dir))
-        if todo and not isinstance(executor, Serial):
-            log(f"{len(todo)} of {len(grid)} cells to compute on {executor.name}")
+        executor.expect([task for _, task, _ in todo])
+        if todo and executor.name != Serial.name:
+            why = (f" (the {profile} profile's default on this machine; --jobs 1: in this "
+                   "process)" if jobs is None and scheduler is None else "")
+            log(f"{len(todo)} of {len(grid)} cells to compute on {executor.name}{why}")
         failures = _compute(executor, todo, len(grid), done, keep_going, out, table, log)
         _record_failures(out, table, failures)
         failed = {f.system for f in failures}

@@ -14,7 +14,9 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -31,7 +33,7 @@ from bench.cells import (
     machine_cores,
 )
 from bench.cli import main
-from bench.executors import DaskExecutor, make_executor
+from bench.executors import DaskExecutor, OnDemand, Serial, make_executor
 from bench.runner import run_table
 from protocols.errors import HarnessError, OptionError
 from protocols.store import Store
@@ -328,6 +330,76 @@ def test_parallel_options_are_checked_first(tmp_path):
         DaskExecutor.connect("tcp://127.0.0.1:1", timeout=2)
     assert main(["run", "--table", "warm", "--jobs", "0", "--out", str(tmp_path / "o")]) == 2
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("memory_per_job", "cores", "memory", "jobs"), [
+    (None, 16, 128.0, 1),   # a profile without a measured gain: one process
+    (8, 2, 23.5, 2),        # this machine: both cores
+    (8, 16, 60.0, 7),       # memory decides
+    (8, 1, 64.0, 1),        # one core
+    (8, 4, 6.0, 1),         # less memory than one worker needs: still one
+    (8, 4, None, 1),        # memory unknown: one
+])
+def test_a_profiles_default_jobs_follow_cores_and_memory(memory_per_job, cores, memory, jobs,
+                                                         monkeypatch):
+    prof = replace(profiles.get("cpu"), jobs_memory_gib=memory_per_job)
+    monkeypatch.setattr(profiles, "cpu_cores", lambda: cores)
+    monkeypatch.setattr(profiles, "memory_gib_total", lambda: memory)
+    assert prof.local_jobs() == jobs
+
+
+def test_only_the_cpu_profile_defaults_to_several_jobs(capsys):
+    assert profiles.get("cpu").local_jobs(cores=2, memory_gib=23.5) == 2
+    for name in ("smoke", "paper"):  # smoke: 1.56x slower with --jobs 2 (BENCHMARKS.md)
+        assert profiles.get(name).local_jobs(cores=64, memory_gib=512.0) == 1
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert "cpu: one per core, at most one per" in shown and "smoke and paper: 1" in shown
+
+
+def test_the_default_jobs_start_workers_only_for_two_cells_or_more(tmp_path, monkeypatch):
+    """Without --jobs a profile's default starts at most one worker per cell to compute,
+    and none for a run with one cell or none (it runs in this process)."""
+    monkeypatch.setitem(profiles.PROFILES, "smoke",
+                        replace(profiles.get("smoke"), jobs_memory_gib=1e-6))
+    monkeypatch.setattr(profiles, "cpu_cores", lambda: 3)
+    lines: list[str] = []
+
+    def workers(out: Path) -> dict[str, Any]:
+        return {p.parent.parent.name: json.loads(p.read_text())["worker"]
+                for p in out.rglob("timing.json")}
+
+    run_table("warm", "smoke", tmp_path / "one", systems=["Random"], log=lines.append)
+    assert workers(tmp_path / "one") == {"Random": None}, "one cell: in this process"
+    run_table("warm", "smoke", tmp_path / "two", systems=["Random", "Pop"], log=lines.append)
+    assert set(workers(tmp_path / "two").values()) == {"local-0", "local-1"}, \
+        "two cells: two workers of the three the default allows"
+    assert any("2 of 2 cells to compute on 2 local worker processes (the smoke profile's "
+               "default" in line for line in lines)
+    lines.clear()
+    run_table("warm", "smoke", tmp_path / "two", systems=["Random", "Pop"], log=lines.append)
+    assert not any("worker" in line for line in lines), "all cached: no workers started"
+    with pytest.raises(OptionError):
+        make_executor(None, retries=-1, default_jobs=2)
+    assert isinstance(make_executor(None, default_jobs=1), Serial)
+
+
+def test_the_default_jobs_leave_cells_on_every_core_to_this_process(monkeypatch):
+    """LLM cells on the CPU run one at a time anyway (the machine-wide lock): workers
+    start only for two cells or more that can run side by side."""
+    monkeypatch.delenv("MOLOREC_BENCH_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)  # every core = 2, on any machine
+    started = []
+    monkeypatch.setattr(DaskExecutor, "local", lambda jobs, retries: started.append(jobs))
+    llm, small = (SimpleNamespace(cls=registry.resolve(n)) for n in ("Backbone", "Random"))
+    for tasks, workers in (([llm] * 5, []), ([llm] * 5 + [small], []),
+                           ([llm, small, small, small], [3]), ([small] * 9, [3])):
+        started.clear()
+        executor = make_executor(None, default_jobs=3)
+        assert isinstance(executor, OnDemand)
+        executor.expect(tasks)
+        assert started == workers, (tasks, started)
 
 
 def test_a_cell_the_cluster_lost_says_so():

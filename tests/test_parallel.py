@@ -391,7 +391,8 @@ def test_the_default_jobs_leave_cells_on_every_core_to_this_process(monkeypatch)
     monkeypatch.delenv("MOLOREC_BENCH_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # every core = 2, on any machine
     started = []
-    monkeypatch.setattr(DaskExecutor, "local", lambda jobs, retries: started.append(jobs))
+    monkeypatch.setattr(DaskExecutor, "local",
+                        lambda jobs, retries: started.append(jobs) or Serial())
     llm, small = (SimpleNamespace(cls=registry.resolve(n)) for n in ("Backbone", "Random"))
     for tasks, workers in (([llm] * 5, []), ([llm] * 5 + [small], []),
                            ([llm, small, small, small], [3]), ([small] * 9, [3])):

@@ -40,7 +40,7 @@ def _jobs_defaults() -> str:
     """The profiles' --jobs defaults, for --help."""
     parallel = {n: p.jobs_memory_gib for n, p in profiles.PROFILES.items() if p.jobs_memory_gib}
     one = [n for n in profiles.PROFILES if n not in parallel]
-    return "; ".join([f"{n}: one per core, at most one per {g:g} GiB of memory"
+    return ";\n".join([f"{n}: one per core, at most one per {g:g} GiB of memory"
                       for n, g in parallel.items()] + ([" and ".join(one) + ": 1"] if one else []))
 
 
@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                      help=GENERAL_FROM_HELP + " (default: the profile's; paper: the paper's)")
     run.add_argument("--jobs", type=int,
                      help="cells computed at once by local worker processes; 1: in this "
-                          f"process,\none after another (default: the profile's; "
-                          f"{_jobs_defaults()})")
+                          f"process,\none after another (default: the profile's;\n"
+                          f"{_jobs_defaults()}; started only when two cells left to compute\n"
+                          "can run side by side: LLM cells on the CPU run one at a time)")
     run.add_argument("--scheduler", metavar="ADDRESS",
                      help="compute the cells on the Dask cluster at ADDRESS (tcp://host:8786);"
                           "\n--out must be on storage every worker mounts at the same path")

@@ -390,6 +390,9 @@ def test_the_default_jobs_leave_cells_on_every_core_to_this_process(monkeypatch)
     start only for two cells or more that can run side by side."""
     monkeypatch.delenv("MOLOREC_BENCH_THREADS", raising=False)
     monkeypatch.setattr(os, "cpu_count", lambda: 2)  # every core = 2, on any machine
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # LLM cells on the CPU
     started = []
     monkeypatch.setattr(DaskExecutor, "local",
                         lambda jobs, retries: started.append(jobs) or Serial())

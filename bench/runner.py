@@ -24,7 +24,7 @@ from pathlib import Path
 from bench import outdir, profiles, registry
 from bench.api import System
 from bench.cells import CellError, CellOutput, CellTask, LocalProtocol, compute_cell
-from bench.executors import RETRIES, Executor, Progress, Serial, make_executor
+from bench.executors import RETRIES, Executor, OnDemand, Progress, Serial, make_executor
 from bench.results import CELL_FORMAT, CellResult, DamagedCell, load_cell
 from protocols import general_corpus, settings
 from protocols.build import build_protocol, general_hashes, source_hashes
@@ -315,8 +315,7 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
             if overlapping(root, out):
                 raise OutputError(f"--out {out} overlaps the input directory {root}; write "
                                   "results somewhere else")
-    default_jobs = prof.local_jobs() if jobs is None and scheduler is None else 1
-    executor = make_executor(jobs, scheduler, retries, default_jobs)
+    executor = make_executor(jobs, scheduler, retries, prof.local_jobs())
     t0 = time.perf_counter()
     with executor, outdir.locked(out):
         protos = {}
@@ -347,7 +346,7 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
         executor.expect([task for _, task, _ in todo])
         if todo and executor.name != Serial.name:
             why = (f" (the {profile} profile's default on this machine; --jobs 1: in this "
-                   "process)" if jobs is None and scheduler is None else "")
+                   "process)" if isinstance(executor, OnDemand) else "")
             log(f"{len(todo)} of {len(grid)} cells to compute on {executor.name}{why}")
         failures = _compute(executor, todo, len(grid), done, keep_going, out, table, log)
         _record_failures(out, table, failures)

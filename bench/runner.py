@@ -58,6 +58,10 @@ def _stale(root: Path, dataset: str, setting: str, seed: int, options: ProtocolO
                       ("options", options.as_dict())):
         if have.get(key) != want:
             return f"built with {key} {have.get(key)!r}, this run needs {want!r}"
+    want_version = settings.get(setting).version
+    if have.get("split_version", 1) != want_version:
+        return (f"built by version {have.get('split_version', 1)} of the {setting} split's "
+                f"code, this run needs version {want_version}")
     if have.get("source") != sources:
         return "built from other data (the source files' sha256 differ)"
     if have.get("general_source", {}) != general:
@@ -94,11 +98,14 @@ def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: P
 
 
 def cell_key(system_cls: type[System], config: dict, seed: int, manifest: dict) -> str:
-    """Hash of everything that determines a cell's numbers."""
+    """Hash of everything that determines a cell's numbers. The split's code version
+    enters only once it is past 1, so cells of unchanged settings keep their keys."""
+    version = manifest.get("split_version", 1)
     return digest({
         "format": CELL_FORMAT, "system": system_cls.name,
         "class": f"{system_cls.__module__}:{system_cls.__qualname__}",
         "config": config, "seed": seed, "protocol_files": manifest["files"],
+        **({"split_version": version} if version != 1 else {}),
     })
 
 

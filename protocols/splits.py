@@ -115,13 +115,19 @@ def thin(split: Split, percent: int, seed: int) -> Split:
 
 def cold(inter: Interactions, fraction: float, seed: int,
          k: int = ProtocolOptions.negatives) -> Split:
-    """New-item split.
+    """New-item split, in time order.
 
     A seeded `fraction` of the items is made cold: removed from every training and
-    validation sequence (and, by the caller, from the general corpus). On the remaining
-    sequence the last item is validation and the rest training. A user with at least one
-    cold interaction is a test user; the positive is the latest cold item. Test negatives
-    come from the cold pool (items unseen in training and validation) minus the user's own.
+    validation sequence (and, by the caller, from the general corpus). A user with at least
+    one cold interaction that follows two or more non-cold ones is a test user; the
+    positive is the latest such cold item, and the user's non-cold events after it are
+    left out, so training, validation and the test-time history all precede the positive
+    (as in warm, where the test item is the last event). On what precedes, the last
+    non-cold event is validation and the rest training. Every other user keeps all
+    non-cold events (last = validation). Test negatives come from the cold pool (items
+    unseen in training and validation) minus the user's own.
+
+    `inter` must be in chronological order within each user (protocols.filtering).
     """
     n_items = len(inter.item_ids)
     n_cold = int(round(fraction * n_items))
@@ -135,27 +141,45 @@ def cold(inter: Interactions, fraction: float, seed: int,
     is_cold[cold_items] = True
     ev_cold = is_cold[inter.item]
     n_users = len(inter.user_ids)
-    warm_len = np.bincount(inter.user[~ev_cold], minlength=n_users)
-    ok_user = warm_len >= 2  # one training item and one validation item
-    # last non-cold event of each user -> validation
-    idx = np.flatnonzero(~ev_cold & ok_user[inter.user])
-    last_warm = np.full(n_users, -1)
-    np.maximum.at(last_warm, inter.user[idx], idx)
-    keep = ~ev_cold & ok_user[inter.user]
-    keep[last_warm[ok_user]] = False
-    # latest cold event of each eligible user -> test
-    cidx = np.flatnonzero(ev_cold & ok_user[inter.user])
-    last_cold = np.full(n_users, -1)
-    np.maximum.at(last_cold, inter.user[cidx], cidx)
-    test_users = np.flatnonzero(last_cold >= 0)
+    n = len(inter)
+    # non-cold events up to and including each event, within its user
+    starts, _ = user_bounds(inter.user, n_users)
+    warm_cum = np.cumsum(~ev_cold)
+    before_user = np.zeros(n_users, dtype=np.int64)
+    first = starts < n
+    before_user[first] = warm_cum[starts[first]] - (~ev_cold[starts[first]])
+    warm_upto = warm_cum - before_user[inter.user]
+    # the test positive: the latest cold event with at least 2 non-cold events before it
+    eligible = np.flatnonzero(ev_cold & (warm_upto >= 2))
+    test_event = np.full(n_users, -1)
+    np.maximum.at(test_event, inter.user[eligible], eligible)
+    test_users = np.flatnonzero(test_event >= 0)
     if len(test_users) == 0:
-        raise ProtocolError("no user interacted with a cold item: raise --cold-fraction")
+        raise ProtocolError("no user interacted with a cold item after two others: raise "
+                            "--cold-fraction")
+    # a test user's events after the positive are left out of everything
+    cutoff = np.full(n_users, n)
+    cutoff[test_users] = test_event[test_users]
+    in_time = np.arange(n) < cutoff[inter.user]
+    later = ~in_time & ~ev_cold
+    usable = ~ev_cold & in_time
+    warm_len = np.bincount(inter.user[usable], minlength=n_users)
+    ok_user = warm_len >= 2  # one training item and one validation item
+    idx = np.flatnonzero(usable & ok_user[inter.user])
+    last_warm = np.full(n_users, -1)
+    np.maximum.at(last_warm, inter.user[idx], idx)  # -> validation
+    keep = usable & ok_user[inter.user]
+    keep[last_warm[ok_user]] = False
     valid_users = np.flatnonzero(ok_user)
     warm_items = np.flatnonzero(~is_cold)
     return Split(
         train=_ragged(inter.user, inter.item, keep),
         valid=EvalPart(valid_users, inter.item[last_warm[valid_users]], warm_items),
-        test=EvalPart(test_users, inter.item[last_cold[test_users]], cold_items),
+        test=EvalPart(test_users, inter.item[test_event[test_users]], cold_items),
         cold_items=cold_items,
-        counts={"cold_items": n_cold, "users_dropped_too_few_warm": int((~ok_user).sum())},
+        counts={"cold_items": n_cold, "users_dropped_too_few_warm": int((~ok_user).sum()),
+                "cold_users_without_two_earlier_events": int(
+                    np.setdiff1d(np.unique(inter.user[ev_cold]), test_users).size),
+                "test_users_later_events_left_out": int(np.unique(inter.user[later]).size),
+                "later_events_left_out": int(later.sum())},
     )

@@ -158,9 +158,11 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     external = None
     if srcs:
         external = general_corpus.external_general(
-            srcs, target, cold_ids, opts.kcore, opts.max_users, seed, load_dataset)
+            srcs, target, cold_ids, opts.kcore, opts.max_users, seed, load_dataset, dataset)
         general, titles = external.general, {**titles, **external.titles}
     grag, gitem_ids = _general_ragged(general, cold_ids)
+    if external is not None:
+        general_corpus.check_size(len(grag.users), external.per_source)
 
     users_q = _quoted(target.user_ids)
     items_q = _quoted(target.item_ids)
@@ -188,7 +190,7 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     }
     manifest: dict[str, Any] = {
         "format": FORMAT, "dataset": dataset, "setting": setting, "seed": seed,
-        "options": opts.as_dict(),
+        "split_version": spec.version, "options": opts.as_dict(),
         "source": source_hashes(dataset, data_path),
         "counts": counts,
     }

@@ -58,6 +58,10 @@ class DatasetSpec:
     parts: tuple[str, ...] = ()  # a family's members that can be downloaded
     root: str | None = None  # 'module:function' -> a fixed directory (embedded data)
     part_label: str = "part"  # what a family's part is, for messages: amazon2014-<Category>
+    # user ids shared across datasets: a name for the id space (Amazon reviewer ids are one
+    # space over every category and both crawls); None: ids that number this dataset's
+    # users only (MovieLens), so the same id in another dataset is another person
+    user_id_space: str | None = None
 
     @property
     def family(self) -> bool:
@@ -135,9 +139,9 @@ BUILTIN: dict[str, DatasetSpec | str] = {
         (RemoteFile(f"{_SNAP}/reviews_{PART}_5.json.gz"),
          RemoteFile(f"{_SNAP}/meta_{PART}.json.gz")),
         "https://jmcauley.ucsd.edu/data/amazon/index_2014.html", AMAZON2014_CATEGORIES,
-        part_label="Category"),
+        part_label="Category", user_id_space="amazon"),
     "amazon2018-{part}": DatasetSpec("amazon2018-{part}", "protocols.raw_formats:load_amazon2018",
-                                     part_label="Category"),
+                                     part_label="Category", user_id_space="amazon"),
 }
 
 
@@ -174,6 +178,12 @@ def unknown(name: str) -> ProtocolError:
     return ProtocolError(f"unknown dataset {name!r}.{did_you_mean(suggest(name, concrete, 1))} "
                          f"Known: {', '.join(known())}, or any name with --data-path DIR of "
                          "RecBole atomic files")
+
+
+def user_id_space(dataset: str) -> str | None:
+    """The id space `dataset`'s user ids belong to (None: its own; unregistered names too)."""
+    found = lookup(dataset)
+    return found[0].user_id_space if found is not None else None
 
 
 def source_root(dataset: str, data_path: str | Path | None) -> Path:

@@ -50,7 +50,10 @@ def _build(pair, out, setting="warm", **kw):
                           general_from=("gen",), general_paths={"gen": gen}, **kw)
 
 
-def test_overlap_removed_and_counted(pair, tmp_path):
+def test_overlap_removed_and_counted(pair, tmp_path, monkeypatch):
+    """Both datasets declare one user-id space (as Amazon's do), so u3 and u7 are the
+    target's users by id."""
+    monkeypatch.setattr("protocols.general_corpus.user_id_space", lambda name: "shared")
     m = _build(pair, tmp_path / "p")
     d = tmp_path / "p"
     general = read_jsonl(d / "general.jsonl")
@@ -78,15 +81,18 @@ def test_overlap_removed_and_counted(pair, tmp_path):
     rated = Counter(i for _, i, *_ in raw)
     raw = [r for r in raw if rated[r[1]] >= 2]
     c = m["counts"]
-    assert c["general_users_removed_target"] == 2
+    assert c["general_users_removed_by_id"] == 2
+    assert c["general_users_removed_by_behaviour"] == 0
     assert c["general_interactions_removed_target_users"] == 20
     assert "general_interactions_removed_eval_items" not in c
     assert c["general_interactions_removed_cold_items"] == 0
     assert c["general_interactions"] == sum(len(r["items"]) for r in general)
     assert m["options"]["general_from"] == ["gen"]
     assert set(m["general_source"]["gen"]) == {"gen.inter", "gen.item"}
-    assert m["general_sources"] == [{"name": "gen", "users": 42, "items": len(
-        {i for _, i, *_ in raw}), "interactions": len(raw)}]
+    assert m["general_sources"] == [{
+        "name": "gen", "users": 42, "items": len({i for _, i, *_ in raw}),
+        "interactions": len(raw), "users_removed_by_id": 2, "users_removed_by_behaviour": 0,
+        "interactions_removed_target_users": 20, "interactions_removed_cold_items": 0}]
     load_protocol(d)  # hashes verify
 
 
@@ -122,7 +128,8 @@ def test_bad_requests_are_refused(pair, tmp_path):
 
 def test_ml100k_target_with_a_synthetic_general_source(tmp_path, capsys):
     """ML-100K as the target, a synthetic dataset as the source: half of its items are
-    ML-100K titles, and two of its users carry ML-100K user ids."""
+    ML-100K titles, and two of its users carry ML-100K user ids. MovieLens ids number one
+    dataset's users only and the two behave unlike ML-100K's users 1 and 2, so they stay."""
     ml = {}
     for line in (embedded_ml100k() / "ml-100k.item").read_text(
             encoding="utf-8").splitlines()[1:]:
@@ -140,7 +147,9 @@ def test_ml100k_target_with_a_synthetic_general_source(tmp_path, capsys):
     printed = json.loads(capsys.readouterr().out)["counts"]
     m = json.loads((out / "manifest.json").read_text())
     assert printed == m["counts"] and m["counts"]["target_users"] == 943
-    assert m["counts"]["general_users_removed_target"] == 2
+    assert m["counts"]["general_users_removed_by_id"] == 0
+    assert m["counts"]["general_users_removed_by_behaviour"] == 0
+    assert {"synth:1", "synth:2"} <= {s.user for s in load_protocol(out).data.general}
     p = load_protocol(out)
     positives = set(p.valid.positives) | set(p.test_positives())
     general_items = {i for s in p.data.general for i in s.items}

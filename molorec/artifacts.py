@@ -22,7 +22,13 @@ from molorec import adapters as A
 from molorec import backbone as B
 from molorec import lora as L
 from molorec.cache import cached_dir, stable_hash
-from molorec.instructions import Example, rank_examples, sequences_digest, yes_no_examples
+from molorec.instructions import (
+    Example,
+    rank_examples,
+    sequences_digest,
+    share_key,
+    yes_no_examples,
+)
 from molorec.selection import as_list
 from molorec.template import Encoder, template_hash
 from molorec.train_loop import TrainSettings
@@ -98,23 +104,31 @@ class ArtifactBuilder:
         cfg = self.config["specific"]
         key = self._target_key(data, "specific", cfg)
         return {lr: self._adapter(data, "lora-specific", key, cfg, "specific",
-                                  lambda enc: self._rank_examples(data, data.train, cfg, enc),
-                                  lr)
+                                  self._target_make(data, "specific"), lr)
                 for lr in as_list(cfg["train"]["lr"])}
 
     def tallrec(self, data: TrainData) -> dict[float, Path]:
         cfg = self.config["tallrec"]
         key = self._target_key(data, "tallrec", cfg)
+        return {lr: self._adapter(data, "lora-tallrec", key, cfg, "tallrec",
+                                  self._target_make(data, "tallrec"), lr)
+                for lr in as_list(cfg["train"]["lr"])}
 
-        def make(enc: Encoder) -> list[Example]:
-            p = self.prompting
-            return yes_no_examples(
+    def target_examples(self, data: TrainData, part: str, enc: Encoder) -> list[Example]:
+        """What the `part` adapter ("specific", "tallrec", "finetune2") is built from on
+        the target domain: the full setting's examples after the caps, each marked `kept`
+        as the few-shot share says (training uses the kept ones, molorec.lora)."""
+        cfg = self.config[part]
+        return capped(self._target_make(data, part)(enc), cfg.get("max_examples"), self.seed)
+
+    def _target_make(self, data: TrainData, part: str) -> Callable[[Encoder], list[Example]]:
+        cfg, p = self.config[part], self.prompting
+        if part == "tallrec":
+            return lambda enc: yes_no_examples(
                 data.train, data.titles, enc, seed=self.seed, max_len=p.max_len,
                 max_history=p.max_history, max_targets_per_user=cfg.get("max_targets_per_user"),
                 negatives_per_target=cfg.get("negatives_per_target", 1))
-
-        return {lr: self._adapter(data, "lora-tallrec", key, cfg, "tallrec", make, lr)
-                for lr in as_list(cfg["train"]["lr"])}
+        return lambda enc: self._rank_examples(data, data.train, cfg, enc)
 
     def _rank_examples(self, data: TrainData, sequences, cfg: dict, enc: Encoder
                        ) -> list[Example]:
@@ -128,7 +142,8 @@ class ArtifactBuilder:
         return {"what": what, **self.prompting.key(), "dataset": data.dataset,
                 "setting": data.setting, "train": sequences_digest(data.train, data.titles),
                 "max_targets_per_user": cfg.get("max_targets_per_user"),
-                "negatives_per_target": cfg.get("negatives_per_target")}
+                "negatives_per_target": cfg.get("negatives_per_target"),
+                **share_key(data.train)}
 
     def _adapter(self, data: TrainData, kind: str, key: dict, cfg: dict, name: str,
                  make: Callable[[Encoder], list[Example]], lr: float | None = None,
@@ -150,6 +165,9 @@ class ArtifactBuilder:
         label = f"{name}@lr={settings.lr:g}"
         self.info.setdefault("adapters", {})[label] = {
             "losses": [round(x, 4) for x in meta["losses"]], "examples": meta["examples"],
+            # what the same adapter trains on in the full setting (few-shot: the share's base)
+            "examples_full_setting": meta.get("examples_full_setting", meta["examples"]),
+            "examples_short_of_negatives": meta.get("examples_short_of_negatives", 0),
             "train_seconds": round(meta["seconds"], 1), "compute": meta.get("compute")}
         self._seconds(f"adapter {label}", t0)
         return path

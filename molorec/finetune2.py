@@ -49,8 +49,7 @@ class FinetuneBuilder(ArtifactBuilder):
         cfg = self.config["finetune2"]
         key = {**self._target_key(data, "finetune2", cfg), "init": general.name}
         return {lr: self._adapter(data, "lora-finetune2", key, cfg, "finetune2",
-                                  lambda enc: self._rank_examples(data, data.train, cfg, enc),
-                                  lr, init=general)
+                                  self._target_make(data, "finetune2"), lr, init=general)
                 for lr in as_list(cfg["train"]["lr"])}
 
 

@@ -5,6 +5,13 @@ history and 30 candidates (items[t] plus 29 negatives); the answer is items[t]'s
 Yes/no examples (TALLRec): the same history and one candidate; the answer is Yes for
 items[t], No for a negative.
 
+Few-shot data (sequences with `targets`): the examples are built exactly as for the full
+data (every position of the whole sequence, the last `max_targets_per_user` of them, the
+same negatives), and each is marked `kept` when the few-shot share kept its position; the
+caps apply to that full list first (`molorec.artifacts.capped`) and training then uses
+the kept examples only. So a p% setting trains on p% (in expectation, nested) of the
+examples the same system trains on in the full setting, whatever its caps.
+
 Negatives are drawn with a seeded rng from the items of the training sequences of the
 same corpus, minus everything the user ever interacted with: never from the evaluation
 candidate files (a system never reads those), and never an item the user actually saw.
@@ -28,6 +35,28 @@ class Example:
 
     prompt: tuple[int, ...]
     answer: tuple[int, ...]
+    kept: bool = True  # False: the few-shot share left this example's position out
+    short: int = 0  # negatives fewer than asked: the user had seen nearly the whole pool
+
+
+# versions how a few-shot share selects training examples (part of their cache keys)
+SHARE_RULE = 2
+
+
+def share_key(sequences: Sequence[UserSequence]) -> dict[str, int]:
+    """The cache-key part for the few-shot selection rule: empty for full training data,
+    so keys of the warm and cold settings stay as they were."""
+    return {"share_rule": SHARE_RULE} if any(s.targets is not None for s in sequences) else {}
+
+
+def kept(examples: Sequence[Example]) -> list[Example]:
+    """The examples the few-shot share kept (all of them for full training data)."""
+    return [e for e in examples if e.kept]
+
+
+def short_of_negatives(examples: Sequence[Example]) -> int:
+    """How many examples got fewer negatives than asked (a small catalogue)."""
+    return sum(1 for e in examples if e.short)
 
 
 def item_pool(sequences: Sequence[UserSequence]) -> np.ndarray:
@@ -37,11 +66,13 @@ def item_pool(sequences: Sequence[UserSequence]) -> np.ndarray:
 
 def sample_negatives(rng: np.random.Generator, pool: np.ndarray, exclude: set[str],
                      n: int) -> list[str]:
-    """n distinct items of `pool` outside `exclude` (rejection sampling, seeded).
-    `exclude` must be a subset of `pool` (a user's own items are)."""
+    """n distinct items of `pool` outside `exclude` (rejection sampling, seeded), or all
+    of them in a seeded order when fewer than n exist (a heavy user of a small catalogue;
+    one training example must not fail a cell). `exclude` must be a subset of `pool`
+    (a user's own items are)."""
     if len(pool) - len(exclude) < n:
-        raise ValueError(f"item pool too small: need {n} negatives outside the user's "
-                         f"{len(exclude)} items, pool has {len(pool)}")
+        rest = [i for i in pool if i not in exclude]
+        return [rest[j] for j in rng.permutation(len(rest))]
     out: list[str] = []
     seen = set(exclude)
     while len(out) < n:
@@ -55,33 +86,38 @@ def sample_negatives(rng: np.random.Generator, pool: np.ndarray, exclude: set[st
     return out
 
 
-def _positions(seq: UserSequence, max_targets: int | None) -> tuple[int, ...]:
-    pos = seq.target_positions()
+def positions(seq: UserSequence, max_targets: int | None) -> tuple[tuple[int, bool], ...]:
+    """The positions the full data trains on (the last `max_targets` of the whole
+    sequence; None keeps all), each with whether the few-shot share kept it."""
+    pos = tuple(range(1, len(seq.items)))
     if max_targets is not None:
         pos = pos[-max_targets:] if max_targets > 0 else ()
-    return pos
+    share = None if seq.targets is None else set(seq.targets)
+    return tuple((t, share is None or t in share) for t in pos)
 
 
 def rank_examples(sequences: Sequence[UserSequence], titles: dict[str, str], enc: Encoder,
                   *, seed: int, max_len: int, max_history: int | None,
                   max_targets_per_user: int | None, n_candidates: int = 30,
                   list_candidates: bool = True) -> list[Example]:
-    """One ranking example per kept training position (the last `max_targets_per_user`
-    positions of each user; None keeps all). `list_candidates` as in rank_prompt."""
+    """One ranking example per training position (the last `max_targets_per_user`
+    positions of each user; None keeps all), marked `kept` as the few-shot share says.
+    `list_candidates` as in rank_prompt."""
     rng = np.random.default_rng(seed)
     pool = item_pool(sequences)
     out = []
     for seq in sequences:
         user_items = set(seq.items)
-        for t in _positions(seq, max_targets_per_user):
+        for t, keep in positions(seq, max_targets_per_user):
             pos = seq.items[t]
             cands = [pos, *sample_negatives(rng, pool, user_items, n_candidates - 1)]
-            cands = [cands[j] for j in rng.permutation(n_candidates)]
+            cands = [cands[j] for j in rng.permutation(len(cands))]
             cand_titles = [titles[c] for c in cands]
             reserve = max(len(enc.answer(c)) for c in cand_titles)
             prompt = rank_prompt(enc, [titles[i] for i in seq.items[:t]], cand_titles,
                                  max_len, reserve, max_history, list_candidates)
-            out.append(Example(prompt.ids, enc.answer(titles[pos])))
+            out.append(Example(prompt.ids, enc.answer(titles[pos]), keep,
+                               n_candidates - len(cands)))
     return out
 
 
@@ -89,20 +125,22 @@ def yes_no_examples(sequences: Sequence[UserSequence], titles: dict[str, str], e
                     *, seed: int, max_len: int, max_history: int | None,
                     max_targets_per_user: int | None, negatives_per_target: int = 1
                     ) -> list[Example]:
-    """TALLRec examples: per kept position one Yes (the true next item) and
-    `negatives_per_target` No (sampled outside the user's items)."""
+    """TALLRec examples: per training position (marked as in `rank_examples`) one Yes
+    (the true next item) and `negatives_per_target` No (sampled outside the user's
+    items)."""
     rng = np.random.default_rng(seed)
     pool = item_pool(sequences)
     yes, no = enc.word(YES), enc.word(NO)
     out = []
     for seq in sequences:
         user_items = set(seq.items)
-        for t in _positions(seq, max_targets_per_user):
+        for t, keep in positions(seq, max_targets_per_user):
             negs = sample_negatives(rng, pool, user_items, negatives_per_target)
             items = [seq.items[t], *negs]
             prefix, suffixes, _ = yes_no_parts(
                 enc, [titles[i] for i in seq.items[:t]], [titles[i] for i in items],
                 max_len, max_history)
+            short = negatives_per_target - len(negs)
             for j, suffix in enumerate(suffixes):
-                out.append(Example(prefix + suffix, (yes if j == 0 else no,)))
+                out.append(Example(prefix + suffix, (yes if j == 0 else no,), keep, short))
     return out

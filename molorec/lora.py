@@ -12,7 +12,7 @@ from typing import Any
 from molorec.adapters import Adapter, extract, load_into, load_peft, save_peft
 from molorec.backbone import Backbone
 from molorec.cache import artifact_path, cached_dir, is_built
-from molorec.instructions import Example
+from molorec.instructions import Example, kept, short_of_negatives
 from molorec.lm import resolve_compute
 from molorec.train_loop import TrainSettings, seed_everything, train
 
@@ -75,10 +75,16 @@ def ensure_adapter(workdir: str | Path, kind: str, key: dict[str, Any], backbone
 
     def fit() -> tuple[Adapter, dict[str, Any]]:
         t0 = time.perf_counter()
-        examples = make_examples()
+        full = make_examples()
+        examples = kept(full)
+        if full and not examples:
+            raise ValueError(f"the few-shot share kept none of the {len(full)} training "
+                             f"examples of the {name} adapter: use a larger share")
         start = {} if init is None else {"init": load_peft(init)}
         adapter, losses = train_adapter(backbone, examples, lora, settings, seed, name, **start)
         return adapter, {"losses": losses, "examples": len(examples),
+                         "examples_full_setting": len(full),
+                         "examples_short_of_negatives": short_of_negatives(examples),
                          "seconds": time.perf_counter() - t0,
                          "processes": state.num_processes, "compute": settings.compute}
 

@@ -36,7 +36,15 @@ from molorec.artifacts import capped
 from molorec.backends.hf import _progress
 from molorec.cache import cached_dir, stable_hash
 from molorec.gated import GatedBank, Router
-from molorec.instructions import Example, item_pool, sample_negatives, sequences_digest
+from molorec.instructions import (
+    Example,
+    item_pool,
+    kept,
+    positions,
+    sample_negatives,
+    sequences_digest,
+    share_key,
+)
 from molorec.lm import autocast, device_of, logits_at, right_pad
 from molorec.profiles import PROFILES
 from molorec.systems import _LLMSystem
@@ -191,28 +199,32 @@ class RecLoRA(_LLMSystem):
         return split_shared([self._prompt_for(req.history, c, self.history)
                              for c in req.candidates])
 
-    def examples(self, data: TrainData, variant: str) -> tuple[list[GatedExample], np.ndarray]:
-        """TALLRec's yes/no examples (same targets, negatives and cap) with this row's
-        prompts, and the recommender's vector of each example's history."""
+    def examples(self, data: TrainData, variant: str
+                 ) -> tuple[list[GatedExample], np.ndarray, int]:
+        """TALLRec's yes/no examples (same positions, negatives, cap and few-shot share)
+        with this row's prompts, the recommender's vector of each example's history, and
+        how many examples the full setting trains on."""
         rng = np.random.default_rng(self.seed)
         pool = item_pool(data.train)
         yes, no = self.enc.word(YES), self.enc.word(NO)
         keep = self.rc.get("max_targets_per_user")
         histories, out = [], []
         for seq in data.train:
-            positions = seq.target_positions()
-            if keep is not None:
-                positions = positions[-keep:] if keep > 0 else ()
-            for t in positions:
-                negs = sample_negatives(rng, pool, set(seq.items),
-                                        int(self.rc.get("negatives_per_target", 1)))
+            for t, share in positions(seq, keep):
+                want = int(self.rc.get("negatives_per_target", 1))
+                negs = sample_negatives(rng, pool, set(seq.items), want)
                 histories.append(seq.items[:t])
                 for j, item in enumerate([seq.items[t], *negs]):
                     out.append(GatedExample(self._prompt_for(seq.items[:t], item, variant),
-                                            (yes if j == 0 else no,), len(histories) - 1,
-                                            item))
-        examples = capped(out, self.rc.get("max_examples"), self.seed)
-        return examples, self.rec.sequence_vectors(histories)
+                                            (yes if j == 0 else no,), kept=share,
+                                            short=want - len(negs),
+                                            row=len(histories) - 1, item=item))
+        full = capped(out, self.rc.get("max_examples"), self.seed)
+        examples = kept(full)
+        if full and not examples:
+            raise ValueError(f"the few-shot share kept none of RecLoRA's {len(full)} training "
+                             "examples: use a larger share")
+        return examples, self.rec.sequence_vectors(histories), len(full)
 
     # -- training ---------------------------------------------------------------------
     def _gates(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
@@ -230,14 +242,15 @@ class RecLoRA(_LLMSystem):
         key = {"what": "reclora", "backbone": self.backbone_key, "recommender": self.rec_key,
                "prompt": self.prompting.key(), "dataset": data.dataset,
                "setting": data.setting, "train": sequences_digest(data.train, data.titles),
-               "settings": settings, "temperature": temperature, "history": variant,
+               **share_key(data.train), "settings": settings, "temperature": temperature,
+               "history": variant,
                "compute": self.backend.compute, "seed": self.seed}
         if variant == "retrieval":
             key["vectors"] = ITEM_VECTORS
 
         def build(out: Path) -> None:
             t0 = time.perf_counter()
-            examples, vectors = self.examples(data, variant)
+            examples, vectors, n_full = self.examples(data, variant)
             seed_everything(self.seed)
             self.bank.reset()
             router = self._new_router(vectors.shape[1])
@@ -257,7 +270,8 @@ class RecLoRA(_LLMSystem):
                                                  for k, v in router.state_dict().items()}},
                       str(out / "reclora.safetensors"))
             (out / "record.json").write_text(json.dumps({
-                "losses": losses, "examples": len(examples), "dim": int(vectors.shape[1]),
+                "losses": losses, "examples": len(examples), "examples_full_setting": n_full,
+                "dim": int(vectors.shape[1]),
                 "seconds": time.perf_counter() - t0}))
 
         return cached_dir(self.workdir, "reclora", key, build)
@@ -304,7 +318,9 @@ class RecLoRA(_LLMSystem):
             record = self._load(*paths[label])
             self.info.setdefault("training", {})[label] = {
                 "losses": [round(x, 4) for x in record["losses"]],
-                "examples": record["examples"], "seconds": round(record["seconds"], 1)}
+                "examples": record["examples"],
+                "examples_full_setting": record.get("examples_full_setting", record["examples"]),
+                "seconds": round(record["seconds"], 1)}
             if len(combos) > 1:
                 results[label] = self._evaluate(sub)
         if results:

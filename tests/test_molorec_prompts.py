@@ -112,7 +112,15 @@ def test_targets_restrict_training_positions(enc):
     seqs = tuple(UserSequence(s.user, s.items, (2,)) for s in data.train)
     ex = rank_examples(seqs, data.titles, enc, seed=0, max_len=2000, max_history=None,
                        max_targets_per_user=None)
-    assert [_text(enc, e.answer[:-1]) for e in ex] == [data.titles[s.items[2]] for s in seqs]
+    # every position of the full data is built (same negatives as without targets); only
+    # the targets' are kept for training
+    assert len(ex) == sum(len(s.items) - 1 for s in seqs)
+    trained = [e for e in ex if e.kept]
+    assert [_text(enc, e.answer[:-1]) for e in trained] == [data.titles[s.items[2]]
+                                                            for s in seqs]
+    full = rank_examples(data.train, data.titles, enc, seed=0, max_len=2000,
+                         max_history=None, max_targets_per_user=None)
+    assert [(e.prompt, e.answer) for e in ex] == [(e.prompt, e.answer) for e in full]
 
 
 def test_yes_no_examples(enc):
@@ -122,3 +130,23 @@ def test_yes_no_examples(enc):
     yes, no = enc.word(T.YES), enc.word(T.NO)
     assert yes != no
     assert [e.answer for e in ex] == [(yes,), (no,), (no,)] * (2 * len(data.train))
+
+
+def test_a_heavy_user_of_a_small_catalogue_gets_what_negatives_exist(enc):
+    """A user who saw all but 3 of the pool's items: the example takes those 3 (counted
+    as short), instead of failing the whole cell (a 129-item catalogue at fewshot-10)."""
+    from bench.api import UserSequence
+    from molorec.instructions import short_of_negatives
+
+    items = tuple(str(i) for i in range(40))
+    titles = {i: title(int(i)) for i in items}
+    seqs = (UserSequence("heavy", items[:37]), UserSequence("light", items[30:40]))
+    ex = rank_examples(seqs, titles, enc, seed=0, max_len=4000, max_history=None,
+                       max_targets_per_user=1)
+    assert len(ex) == 2 and [e.short for e in ex] == [29 - 3, 0]
+    assert short_of_negatives(ex) == 1
+    text = _text(enc, ex[0].prompt)
+    assert all(titles[i] in text for i in items[37:])  # the three unseen items
+    yn = yes_no_examples(seqs, titles, enc, seed=0, max_len=4000, max_history=None,
+                         max_targets_per_user=1, negatives_per_target=5)
+    assert [e.short for e in yn][:4] == [2, 2, 2, 2]  # Yes + the 3 negatives that exist

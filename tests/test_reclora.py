@@ -64,7 +64,7 @@ def test_gradients_reach_the_router_and_the_loras_only(fitted, domain):
     backbone = {k: v.clone() for k, v in system.model.state_dict().items() if "lora_" not in k}
     rec = {k: v.clone() for k, v in system.rec.model.state_dict().items()}
     try:
-        examples, vectors = system.examples(domain[0], "recent")
+        examples, vectors, _ = system.examples(domain[0], "recent")
         h = torch.from_numpy(vectors)
         micro = examples[:8]
         system.router.train()
@@ -102,7 +102,7 @@ def test_the_recent_variant_trains_on_tallrecs_examples(fitted, domain):
     kept = system.rc["short_history"]
     system.rc["short_history"] = system.prompting.max_history
     try:
-        mine, _ = system.examples(data, "recent")
+        mine, _, _ = system.examples(data, "recent")
     finally:
         system.rc["short_history"] = kept
     theirs = yes_no_examples(data.train, data.titles, system.enc, seed=system.seed,
@@ -127,7 +127,7 @@ def test_the_retrieval_variant_never_reads_the_label(fitted, domain):
     score depends on the history and itself only (there is no label to read)."""
     system, _ = fitted
     data = domain[0]
-    examples, _ = system.examples(data, "retrieval")
+    examples, _, _ = system.examples(data, "retrieval")
     long = system.rc["long_history"]
     different = 0
     for e in examples:

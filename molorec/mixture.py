@@ -203,6 +203,20 @@ def answer_entropy(model, prompts: Sequence[Sequence[int]], k: int, eos: int
     return ent.sum(), len(ent)
 
 
+def mean_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, eos: int,
+                 batch_size: int, compute: str = "float32") -> float:
+    """The mean `answer_entropy` over `prompts` at the current theta, without gradients."""
+    device = device_of(mix.model)
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for m in range(0, len(prompts), batch_size):
+            with autocast(compute, device):
+                ent_sum, n = answer_entropy(mix.model, prompts[m:m + batch_size], k, eos)
+            total += float(ent_sum)
+            count += n
+    return total / count
+
+
 def learn_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, lr: float,
                   epochs: int, batch_size: int, eos: int, seed: int,
                   micro_batch_size: int | None = None, stop_on_rise: bool = False,
@@ -212,8 +226,10 @@ def learn_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, lr:
     epoch starts with).
 
     `stop_on_rise` is a label-free stopping rule: learning stops at the first epoch whose
-    entropy is higher than the one before, and theta goes back to the start of the epoch
-    with the lowest entropy (a too-large step can overshoot and raise the entropy)."""
+    entropy is higher than the one before; then the theta after the last step is scored
+    too, in one extra pass (appended to the returned list), and theta goes back to the
+    lowest-entropy one of the epochs' starting points and that last one (a too-large step
+    can overshoot and raise the entropy; a last step that helped is kept)."""
     if mix.merged:
         raise RuntimeError("learn theta on the unmerged mixture")
     if not prompts:
@@ -248,8 +264,11 @@ def learn_entropy(mix: Mixture, prompts: Sequence[Sequence[int]], *, k: int, lr:
         if stop_on_rise and len(history) > 1 and history[-1] > history[-2]:
             break
     if stop_on_rise:
+        history.append(mean_entropy(mix, prompts, k=k, eos=eos, batch_size=micro,
+                                    compute=compute))
         best = int(np.argmin(history))
-        with torch.no_grad():
-            for t, saved in zip(mix.thetas(), starts[best], strict=True):
-                t.copy_(saved)
+        if best < len(starts):  # else the last step's theta, already in place
+            with torch.no_grad():
+                for t, saved in zip(mix.thetas(), starts[best], strict=True):
+                    t.copy_(saved)
     return history

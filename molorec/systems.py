@@ -57,6 +57,8 @@ class _LLMSystem(System):
         self.backend_name = rank.get("backend", "hf")
         self.max_new_tokens = int(rank.get("max_new_tokens", 64))
         self.info: dict[str, Any] = {"ranking_mode": self.mode}
+        self._invalid = (0, 0)  # generate mode: (answers naming no candidate, answers)
+        self.last_parsed: list | None = None  # generate mode: the last batch's parsed answers
         self.artifacts = ArtifactBuilder(self.config, seed, self.workdir, self.info)
         self.prompting = self.artifacts.prompting
         if self.mode == "generate" and not self.prompting.list_candidates:
@@ -149,12 +151,20 @@ class _LLMSystem(System):
                                  [self.titles[c] for c in req.candidates])
                   for g, req in zip(gens, requests, strict=True)]
         self.last_parsed = parsed
-        self.info["invalid_rate"] = float(np.mean([p is None for p in parsed]))
         return R.generate_scores(parsed, len(requests[0].candidates))
 
     def score(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
+        """Test scores; in generate mode `invalid_rate` counts every batch of the cell
+        (validation passes are not counted)."""
+        self.last_parsed = None
         with torch.no_grad():
-            return self._rank(requests)
+            scores = self._rank(requests)
+        if self.last_parsed is not None and requests:
+            bad, total = self._invalid
+            self._invalid = (bad + sum(p is None for p in self.last_parsed),
+                             total + len(requests))
+            self.info["invalid_rate"] = self._invalid[0] / self._invalid[1]
+        return scores
 
     def _report_valid(self, valid: Validation) -> None:
         """Record the validation value of the served model for a row that chose nothing
@@ -409,6 +419,15 @@ class MoLoRec(_MoLoRecBase):
             mix.remove()
         return hist, weights
 
+    def _entropy_summary(self, hist: list[float]) -> dict[str, Any]:
+        """The entropy trajectory, the epochs run, and after how many epochs the kept
+        theta stood (the stopping rule: the last entry scores the theta after the last
+        step, `molorec.mixture.learn_entropy`)."""
+        stop = bool(self._entropy_cfg().get("stop_on_rise", False))
+        epochs = len(hist) - int(stop)
+        return {"entropy": [round(x, 4) for x in hist], "epochs_used": epochs,
+                "kept_after_epochs": int(np.argmin(hist)) if stop else epochs}
+
     def _trainer(self):
         """The transformers backend theta is learned on: the serving one if it is one."""
         backend = self._start_backend()
@@ -434,8 +453,8 @@ class MoLoRec(_MoLoRecBase):
                 t0 = time.perf_counter()
                 v = self._evaluate(valid)
                 results[f"n={n} lr={lr:g}"] = {
-                    self.valid_key: round(v, 4), "entropy": [round(x, 4) for x in hist],
-                    "epochs_used": len(hist), "learn_s": round(learn_s, 1),
+                    self.valid_key: round(v, 4), **self._entropy_summary(hist),
+                    "learn_s": round(learn_s, 1),
                     "eval_s": round(time.perf_counter() - t0, 1),
                     "weights_by_block": SEL.by_block(weights)}
                 if best is None or v > best[0]:
@@ -452,6 +471,8 @@ class MoLoRec(_MoLoRecBase):
         self._serve_weights(weights)
         self._adapted = True
         self.info["test_entropy"] = [round(x, 4) for x in hist]
+        self.info["test_entropy_kept_after_epochs"] = self._entropy_summary(hist)[
+            "kept_after_epochs"]
         self.info.setdefault("seconds", {})["entropy_test_time"] = round(
             time.perf_counter() - t0, 1)
 

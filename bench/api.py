@@ -56,7 +56,7 @@ class System(ABC):
 
     Seed with `bench.seeding.seed_everything`, then check the class with
     `bench.testing.check_system(MySystem)` and register it as an entry point of group
-    `molorec_bench.systems` (README, "Adding a system").
+    `molorec_bench.systems` (docs/extending.md, "Adding a system").
     """
 
     name: ClassVar[str] = ""

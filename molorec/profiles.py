@@ -59,7 +59,7 @@ COMMON: dict[str, dict[str, Any]] = {
         "lora": LORA,
         # one epoch over 256 examples per adapter; lr 5e-4 had the lowest progressive loss
         # of {2e-4, 5e-4, 1e-3, 2e-3} (each example is seen once, so the epoch's mean
-        # training loss is a held-out loss; README "The LLM rows on Gemma-3-270M")
+        # training loss is a held-out loss; docs/results.md, "What validation selected")
         "general": {"max_targets_per_user": 1, "max_examples": 256,
                     "train": {"epochs": 1, "lr": 5e-4, "batch_size": 16,
                               "micro_batch_size": 8}},

@@ -11,7 +11,7 @@ settings, torch threads = $MOLOREC_BENCH_THREADS (default: every core):
 - TALLRec's yes/no scoring of the same requests;
 - one LoRA training step (the cpu profile's micro-batch) and entropy-guided learning
   against one validation evaluation.
-Numbers go to BENCHMARKS.md, section "LLM rows on Gemma-3-270M".
+Numbers go to BENCHMARKS.md, section "LLM scoring and training: unit costs".
 """
 
 from __future__ import annotations

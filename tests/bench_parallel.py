@@ -15,8 +15,8 @@ The training step also runs in the main process with autograd's anomaly detectio
 every cell after a RecBole sequential model trained until RecBole's SINE import was undone
 (baselines/_recbole.py).
 The backbone is converted once ($MOLOREC_BENCH_CACHE, else a temporary directory the
-workers inherit). Numbers go to BENCHMARKS.md, section "Why an LLM cell ran slower in a
-worker".
+workers inherit). Numbers go to BENCHMARKS.md, section "Parallel cells", "LLM work in the
+`run` process against a worker".
 """
 
 from __future__ import annotations

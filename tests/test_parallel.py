@@ -350,7 +350,7 @@ def test_a_profiles_default_jobs_follow_cores_and_memory(memory_per_job, cores, 
 
 def test_only_the_cpu_profile_defaults_to_several_jobs(capsys):
     assert profiles.get("cpu").local_jobs(cores=2, memory_gib=23.5) == 2
-    for name in ("smoke", "paper"):  # smoke: 1.56x slower with --jobs 2 (BENCHMARKS.md)
+    for name in ("smoke", "paper"):  # smoke: 1.18x slower with --jobs 2 (BENCHMARKS.md)
         assert profiles.get(name).local_jobs(cores=64, memory_gib=512.0) == 1
     with pytest.raises(SystemExit):
         main(["run", "--help"])

@@ -22,7 +22,7 @@ BACKENDS: dict[str, str] = {
 
 AUTO = "auto"
 NO_VLLM = ("vLLM is not installed, so ranking.backend: auto runs the LLM rows on transformers "
-           "(hf), the slow way on a GPU: `pip install vllm` (README, 'vLLM backend')")
+           "(hf), the slow way on a GPU: `pip install vllm` (docs/llm.md, 'vLLM backend')")
 
 __all__ = ["AUTO", "AnswerRequest", "BACKENDS", "ChoiceRequest", "LLMBackend", "backend_class",
            "resolve"]

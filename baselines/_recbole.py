@@ -162,6 +162,7 @@ class RecBoleSystem(System):
     """
 
     group = "Traditional"
+    full_ranking = True  # scores every item cheaply (--negatives all)
     sequential: ClassVar[bool] = True
 
     def _model_class(self) -> type:

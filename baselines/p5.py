@@ -8,7 +8,7 @@ items are not the highest numbers); as in P5, the tokens of one ID share a whole
 embedding added to the encoder input. Pretraining on the domain-general corpus, then
 fine-tuning on the target domain, epochs selected on validation. Score: the teacher-forced
 log-likelihood of each candidate's ID tokens plus end-of-sequence given the prompt, so
-exactly the 30 candidates are ranked and nothing is generated.
+exactly the request's candidates are ranked and nothing is generated.
 
 cpu profile: a randomly initialized small T5 over a word-level vocabulary in which an
 ID is split into 2-digit pieces (like sentencepiece splits numbers); paper profile: t5-small
@@ -177,6 +177,7 @@ def pad_targets(rows: Sequence[Sequence[int]]) -> torch.Tensor:
 class P5(System):
     name = "P5"
     group = "LLM-Based"
+    full_ranking_reason = "it scores each candidate's item code with a T5 decoder pass"
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"t5": "random", "d_model": 32, "d_ff": 64, "layers": 1, "heads": 2,
                   "dropout": 0.1, "max_hist": 5, "batch_size": 64, "lr": 3e-3, "per_user": 3,

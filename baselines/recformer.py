@@ -191,6 +191,7 @@ def sample_pairs(seqs: Sequence[UserSequence], vocab: ItemVocab, per_user: int,
 class RecFormer(System):
     name = "RecFormer"
     group = "LLM-Based"
+    full_ranking = True  # scores every item cheaply (--negatives all)
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"text_model": "minilm", "n_layers": 1, "pooling": "mean", "max_items": 4,
                   "max_item_tokens": 12, "max_tokens": 48, "temperature": 0.05,

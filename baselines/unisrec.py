@@ -119,6 +119,7 @@ def word_drop_texts(texts: Sequence[str], ratio: float, seed: int) -> list[str]:
 class UniSRec(System):
     name = "UniSRec"
     group = "Transferable"
+    full_ranking = True  # scores every item cheaply (--negatives all)
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"text_model": "minilm", "hidden": 32, "layers": 1, "heads": 2, "inner": 64,
                   "dropout": 0.2, "max_len": 20, "n_experts": 8, "adaptor_dropout": 0.2,

@@ -134,6 +134,7 @@ class VQRecNet(nn.Module):
 class VQRec(System):
     name = "VQ-Rec"
     group = "Transferable"
+    full_ranking = True  # scores every item cheaply (--negatives all)
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"text_model": "minilm", "n_sub": 32, "bits": 6, "opq": True, "opq_iters": 2,
                   "hidden": 32,

@@ -2,7 +2,8 @@
 
 A system is fit on training data (and, if it wants them, titles and the domain-general
 corpus), may select its own hyperparameters on the validation candidates, and then scores
-batches of (history, candidates: 1 positive + 29 negatives by default). It never samples
+batches of (history, candidates: 1 positive + 29 negatives by default; `--negatives N`
+changes the count, `--negatives all` gives the whole pool, see `full_ranking`). It never samples
 candidates and never sees a test positive: test requests carry no label. The data types
 live in protocols/data.py and are re-exported here, so plugins import everything from
 this module; `bench.testing.check_system` checks a class against this contract.
@@ -53,6 +54,12 @@ class System(ABC):
     - `uses_gpu = True`: in a parallel run whose workers offer a `GPU` resource, each
       cell asks for one (`dask worker --resources GPU=1`), so cells of other systems are
       never held back by a busy GPU and two such cells never share one.
+    - `full_ranking = True`: the system can score a whole catalogue per user cheaply (an
+      embedding or a count per item), so it runs in `--negatives all` tables: each test
+      request then lists the whole test pool (the same tuple for every user, the user's
+      own items included; the harness drops those after scoring) and arrives in batches
+      sized so that batch x pool scores stay bounded. Systems without it are left out of
+      those tables, the caption saying why (`full_ranking_reason`).
 
     Seed with `bench.seeding.seed_everything`, then check the class with
     `bench.testing.check_system(MySystem)` and register it as an entry point of group
@@ -66,6 +73,9 @@ class System(ABC):
     multithreaded: ClassVar[bool] = False
     # True: on a Dask cluster whose workers offer a `GPU` resource, each cell takes one
     uses_gpu: ClassVar[bool] = False
+    # True: cheap enough to rank every item per user (`--negatives all` tables)
+    full_ranking: ClassVar[bool] = False
+    full_ranking_reason: ClassVar[str] = "it does not declare full-ranking support"
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         self.config = dict(config)

@@ -28,14 +28,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from bench.api import ScoreRequest, System, check_scores
-from bench.results import CELL_FORMAT, jsonl_text, metric_rows
+from bench.results import CELL_FORMAT, full_metric_values, jsonl_text, metric_rows, rows_of
 from bench.seeding import seed_everything
 from protocols.digest import text_sha256
 from protocols.errors import HarnessError
-from protocols.files import FILES, ProtocolFiles, load_protocol
+from protocols.files import ProtocolFiles, load_protocol, protocol_files
+from protocols.options import DEFAULT_NEGATIVES
 from protocols.store import atomic_dir
 
 SCORE_BATCH = 256
+# full ranking: scores held at once (users x pool) while a batch is reduced to ranks
+FULL_BATCH_SCORES = 2**18
 RUN_TOKEN = ".run"  # in the artifact cache: proves a worker sees the driver's storage
 
 
@@ -103,7 +106,10 @@ class ProtocolBundle:
 
     @classmethod
     def read(cls, path: str | Path) -> ProtocolBundle:
-        return cls({n: (Path(path) / n).read_bytes() for n in (*FILES, "manifest.json")})
+        manifest = (Path(path) / "manifest.json").read_bytes()
+        names = protocol_files(json.loads(manifest))
+        return cls({**{n: (Path(path) / n).read_bytes() for n in names},
+                    "manifest.json": manifest})
 
     def load(self) -> ProtocolFiles:
         global _BUNDLE_DIR
@@ -185,29 +191,80 @@ def score_all(system: System, requests: Sequence[ScoreRequest], desc: str) -> np
     return np.concatenate(parts) if parts else np.zeros((0, width))
 
 
+def full_rank_rows(system: System, proto: ProtocolFiles, desc: str
+                   ) -> tuple[list[dict], list[dict]]:
+    """Full ranking: score the test requests (each the whole pool) in batches of at most
+    FULL_BATCH_SCORES scores and reduce each batch to what the metrics need before the
+    next, so memory stays bounded. Returns (scores.jsonl rows, metrics.jsonl rows).
+
+    A scores.jsonl row keeps the positive's score and every candidate scored at or above
+    it ([item, score], best first): exactly what a rank under the tie rule depends on, so
+    every metric at any cutoff (and MRR) is recomputed from it (bench.results.load_cell),
+    while a full score vector per user would be users x catalogue numbers. The pool items
+    the user interacted with are not candidates and are dropped here."""
+    pool = proto.test_requests[0].candidates if proto.test_requests else ()
+    where = {item: j for j, item in enumerate(pool)}
+    step = max(1, min(SCORE_BATCH, FULL_BATCH_SCORES // max(1, len(pool))))
+    reqs, excl_sets = proto.test_requests, proto.test_exclude or ()
+    score_rows: list[dict] = []
+    bounds: list[tuple[int, int, int]] = []
+    positives: tuple[str, ...] = ()
+    for lo in tqdm(range(0, len(reqs), step), desc=desc, leave=False, unit="batch"):
+        batch = reqs[lo:lo + step]
+        s = check_scores(system.score(batch), batch, system.name)
+        positives = positives or proto.test_positives()  # labels: once a batch is scored
+        for n, row in enumerate(s):
+            user, positive = batch[n].user, positives[lo + n]
+            keep = np.ones(len(pool), dtype=bool)
+            keep[[where[i] for i in excl_sets[lo + n]]] = False
+            p = where[positive]
+            n_cands = int(keep.sum())
+            if np.isnan(row).all():  # an abstention: a miss, the positive ranked last
+                score_rows.append({"user": user, "positive_score": None, "at_or_above": []})
+                bounds.append((n_cands - 1, 0, n_cands))
+                continue
+            keep[p] = False
+            top = np.flatnonzero(keep & (row >= row[p]))
+            top = top[np.argsort(-row[top], kind="stable")]
+            score_rows.append({"user": user, "positive_score": float(row[p]),
+                               "at_or_above": [[pool[j], float(row[j])] for j in top]})
+            bounds.append((int((row[top] > row[p]).sum()), int((row[top] == row[p]).sum()),
+                           n_cands))
+    above, tied, n_c = (np.array([b[k] for b in bounds], dtype=np.int64) for k in range(3))
+    values = full_metric_values(above, tied, n_c)
+    return score_rows, rows_of([r.user for r in reqs], positives, values)
+
+
 def _compute(task: CellTask, protocol: LocalProtocol | ProtocolBundle) -> CellOutput:
     start = time.time()
     proto = protocol.load()
+    if proto.full_ranking and not getattr(task.cls, "full_ranking", False):
+        raise HarnessError(f"{task.system} does not declare full-ranking support "
+                           "(System.full_ranking); it cannot run on a --negatives all protocol")
     _prepare(task.seed, getattr(task.cls, "multithreaded", False))
     system = task.cls(task.config, task.seed, task.workdir)
     try:
         t0 = time.perf_counter()
         system.fit(proto.data, proto.valid)
         t1 = time.perf_counter()
-        scores = score_all(system, proto.test_requests, f"{task.system} scoring")
+        if proto.full_ranking:
+            score_rows, rows = full_rank_rows(system, proto, f"{task.system} full ranking")
+        else:
+            scores = score_all(system, proto.test_requests, f"{task.system} scoring")
         t2 = time.perf_counter()
         describe = system.describe()
     finally:
         system.close()
-    # labels are read only now, after the system has scored
-    positives = proto.test_positives()
-    users = [r.user for r in proto.test_requests]
-    candidates = [r.candidates for r in proto.test_requests]
-    rows, _ = metric_rows(users, positives, candidates, scores)
-    # an abstaining row (all NaN) is written as null: JSON has no NaN
-    score_rows = [{"user": u, "candidates": list(c),
-                   "scores": None if np.isnan(s).all() else s.tolist()}
-                  for u, c, s in zip(users, candidates, scores, strict=True)]
+    if not proto.full_ranking:
+        # labels are read only now, after the system has scored
+        positives = proto.test_positives()
+        users = [r.user for r in proto.test_requests]
+        candidates = [r.candidates for r in proto.test_requests]
+        rows, _ = metric_rows(users, positives, candidates, scores)
+        # an abstaining row (all NaN) is written as null: JSON has no NaN
+        score_rows = [{"user": u, "candidates": list(c),
+                       "scores": None if np.isnan(s).all() else s.tolist()}
+                      for u, c, s in zip(users, candidates, scores, strict=True)]
     texts = {"scores.jsonl": jsonl_text(score_rows), "metrics.jsonl": jsonl_text(rows)}
     cls = task.cls
     meta = {
@@ -216,6 +273,7 @@ def _compute(task: CellTask, protocol: LocalProtocol | ProtocolBundle) -> CellOu
         "setting": proto.data.setting, "system": system.label, "group": cls.group,
         "seed": task.seed, "profile": task.profile, "config": task.config,
         "candidates_sha256": proto.candidates_sha256, "protocol": task.protocol,
+        "negatives": proto.manifest.get("options", {}).get("negatives", DEFAULT_NEGATIVES),
         "describe": describe,
         "scores_sha256": text_sha256(texts["scores.jsonl"]),
         "metrics_sha256": text_sha256(texts["metrics.jsonl"]),

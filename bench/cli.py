@@ -15,7 +15,7 @@ from pathlib import Path
 from bench import profiles
 from bench.executors import RETRIES
 from protocols import settings
-from protocols.options import ProtocolOptions
+from protocols.options import ProtocolOptions, negatives_suffix, parse_negatives
 
 EPILOG = """examples:
   python -m bench run --table warm                      # cpu profile, embedded ML-100K
@@ -24,6 +24,8 @@ EPILOG = """examples:
   python -m bench run --table warm --scheduler tcp://10.0.0.5:8786 --out /shared/runs/w
   python -m bench protocol build --dataset ml-100k --setting warm --seed 0 --out data/warm
   python -m bench report --out runs/default --table warm --reference paper
+  python -m bench run --table warm --negatives 99        # 1 + 99 candidates: table warm-n99
+  python -m bench robustness --out runs/default --table warm  # warm at every stored count
   python -m bench list-systems
   python -m bench figures --out runs/default            # Figures 4 and 5 of a finished run
   python -m bench explain --out runs/default --user 42  # a case study (Figure 6)
@@ -55,6 +57,20 @@ def _ints(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}") from None
+
+
+def _negatives(text: str) -> int | str:
+    from protocols.errors import OptionError
+
+    try:
+        return parse_negatives(text)
+    except OptionError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+NEGATIVES_HELP = ("sampled negatives per test user (default {d}: 1 positive + {d}); 'all': "
+                  "full ranking\nover every item the user has not interacted with (systems "
+                  "that declare it; validation\nstays 1 + {d})")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -99,12 +115,25 @@ def _parser() -> argparse.ArgumentParser:
                           "\n--out must be on storage every worker mounts at the same path")
     run.add_argument("--retries", type=int, default=RETRIES,
                      help=f"times a cell whose worker died is rerun (default {RETRIES})")
+    run.add_argument("--negatives", type=_negatives, metavar="N|all",
+                     help=NEGATIVES_HELP.format(d=defaults.negatives)
+                     + ";\nthe table is named e.g. warm-n99 (its files beside the default's)")
 
     rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
     rep.add_argument("--out", default="runs/default", help="a results directory of `run`")
     rep.add_argument("--table", choices=tables,
                      help="default: every table with stored cells")
     rep.add_argument("--reference", choices=["paper"])
+    rep.add_argument("--negatives", type=_negatives, metavar="N|all",
+                     help="the table run at this candidate count (with --table; default: "
+                          "every stored one)")
+
+    rob = sub.add_parser("robustness", help="do a table's conclusions hold at other "
+                         "candidate counts? (no training)")
+    rob.add_argument("--out", default="runs/default", help="a results directory of `run`")
+    rob.add_argument("--table", default="warm", choices=tables)
+    rob.add_argument("--against", default="MoLoRec", help="the row every other is tested "
+                     "against (default MoLoRec)")
 
     cmp = sub.add_parser("compare", help="every row against one row: means, paired t-test "
                                          "p-values, fit and score seconds (no training)")
@@ -158,6 +187,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--max-users", type=int, help="seeded user subsample per part (>= 1)")
     b.add_argument("--general-from", action="append", metavar="NAME[:PATH]",
                    help=GENERAL_FROM_HELP)
+    b.add_argument("--negatives", type=_negatives, default=defaults.negatives, metavar="N|all",
+                   help=NEGATIVES_HELP.format(d=defaults.negatives))
 
     data = sub.add_parser("data", help="datasets").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -181,7 +212,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
     res = publish_table(a.table, a.profile, a.out, reference=a.reference,
                         datasets=a.datasets, systems=a.systems, seeds=a.seeds, force=a.force,
                         data_path=a.data_path, general_from=a.general_from, jobs=a.jobs,
-                        scheduler=a.scheduler, retries=a.retries)
+                        scheduler=a.scheduler, retries=a.retries, negatives=a.negatives)
     print(res.markdown)
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")
@@ -191,7 +222,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         _warn(f"error: {len(res.failures)} cell(s) failed ({shown}; failed rows are marked):")
         for f in res.failures:
             _warn(f"  {f.line()}")
-        _warn(f"tracebacks: {failures_path(Path(a.out), a.table)}; fix the system and rerun "
+        _warn(f"tracebacks: {failures_path(Path(a.out), res.table)}; fix the system and rerun "
               "(finished cells are reused)")
         return 1
     return 0
@@ -200,7 +231,11 @@ def _cmd_run(a: argparse.Namespace) -> int:
 def _cmd_report(a: argparse.Namespace) -> int:
     from reports.publish import rebuild
 
-    for paths in rebuild(Path(a.out), a.table, a.reference, log=_warn):
+    if a.negatives is not None and not a.table:
+        _warn("error: --negatives needs --table")
+        return 2
+    table = a.table + negatives_suffix(a.negatives) if a.table and a.negatives else a.table
+    for paths in rebuild(Path(a.out), table, a.reference, log=_warn):
         print(paths["md"].read_text())
         for kind, path in paths.items():
             print(f"wrote {kind}: {path}")
@@ -223,6 +258,16 @@ def _cmd_compare(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_robustness(a: argparse.Namespace) -> int:
+    from reports.robustness import write_report
+
+    paths = write_report(Path(a.out), a.table, a.against, log=_warn)
+    print(paths["md"].read_text())
+    for kind, path in paths.items():
+        print(f"wrote {kind}: {path}")
+    return 0
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from bench import registry
 
@@ -242,7 +287,7 @@ def _cmd_protocol(a: argparse.Namespace) -> int:
     names, paths = parse(a.general_from or [])
     options = ProtocolOptions(kcore=a.kcore, general_fraction=a.general_fraction,
                               cold_fraction=a.cold_fraction, max_users=a.max_users,
-                              general_from=names)
+                              general_from=names, negatives=a.negatives)
     m = build_protocol(a.dataset, a.setting, a.seed, a.out, data_path=a.data_path,
                        options=options, general_paths=paths)
     print(json.dumps({"out": a.out, "counts": m["counts"],
@@ -280,7 +325,7 @@ def _cmd_explain(a: argparse.Namespace) -> int:
 COMMANDS = {"run": _cmd_run, "report": _cmd_report, "compare": _cmd_compare,
             "list-systems": _cmd_list,
             "protocol": _cmd_protocol, "data": _cmd_data, "figures": _cmd_figures,
-            "explain": _cmd_explain}
+            "explain": _cmd_explain, "robustness": _cmd_robustness}
 
 
 def main(argv: list[str] | None = None) -> int:

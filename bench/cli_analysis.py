@@ -19,6 +19,7 @@ from bench.stored import finished_cells
 from protocols import settings
 from protocols.errors import OptionError, OutputError
 from protocols.files import load_protocol
+from protocols.options import DEFAULT_NEGATIVES
 from protocols.store import atomic_write_text
 
 MOLOREC = "MoLoRec"
@@ -48,7 +49,8 @@ def figures(out: Path, which: Sequence[int], prompts: Sequence[int],
     bad = sorted(set(which) - {4, 5})
     if bad:
         raise OptionError(f"--figures: no figure {bad[0]}; choose 4 and/or 5")
-    cells = finished_cells(out, log)
+    # the figures are of the default tables (other candidate counts: `bench robustness`)
+    cells = [c for c in finished_cells(out, log) if c.negatives == DEFAULT_NEGATIVES]
     written: list[Path] = []
     with outdir.locked(out):
         dest = out / "figures"
@@ -112,7 +114,8 @@ def explain(out: Path, user: str, table: str, setting: str | None, dataset: str 
     if setting not in tables[table]:
         raise OptionError(f"setting {setting!r} is not one of table {table!r}'s "
                           f"({', '.join(tables[table])})")
-    cells = [c for c in finished_cells(out, print) if _is(c, MOLOREC) and c.setting == setting]
+    cells = [c for c in finished_cells(out, print) if _is(c, MOLOREC) and c.setting == setting
+             and c.negatives == DEFAULT_NEGATIVES]
     dataset = _pick(cells, "dataset", dataset, sorted({c.dataset for c in cells}))
     seed = _pick(cells, "seed", seed, sorted({c.seed for c in cells if c.dataset == dataset}))
     cell = next(c for c in cells if (c.dataset, c.seed) == (dataset, seed))

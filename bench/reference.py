@@ -15,6 +15,7 @@ class Random(System):
 
     name = "Random"
     group = "Reference"
+    full_ranking = True  # scores every item cheaply (--negatives all)
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         pass
@@ -33,6 +34,7 @@ class Pop(System):
 
     name = "Pop"
     group = "Reference"
+    full_ranking = True  # scores every item cheaply (--negatives all)
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         self.counts = Counter(seq.items[t] for seq in data.train for t in seq.target_positions())

@@ -3,7 +3,10 @@ metrics from scores.
 
 A cell is one (table, dataset, setting, system, seed). Its directory holds:
   scores.jsonl   {"user", "candidates": [30 ids], "scores": [30 floats] or null}
-                 (file order; null: the system abstained, a miss)
+                 (file order; null: the system abstained, a miss); on a full-ranking
+                 protocol {"user", "positive_score": float or null, "at_or_above":
+                 [[item, score], ...]}: every candidate scored at or above the positive,
+                 best first (what its rank depends on; bench.cells.full_rank_rows)
   metrics.jsonl  {"user", "positive", "NDCG@1": v, "NDCG@3": v, ...}   per user
   cell.json      what was run: names, profile, config and its hash, candidates_sha256,
                  and the sha256 of scores.jsonl and metrics.jsonl
@@ -28,6 +31,8 @@ from bench.api import GROUPS
 from protocols import metrics as M
 from protocols.digest import file_sha256
 from protocols.errors import HarnessError
+from protocols.files import POOL_FILE
+from protocols.options import DEFAULT_NEGATIVES
 
 METRICS = ("NDCG@1", "NDCG@3", "HR@1", "HR@3", "MRR")
 CELL_FORMAT = "molorec-bench-cell/1"
@@ -58,7 +63,8 @@ class CellResult:
     users: list[str]
     values: dict[str, np.ndarray]  # metric name -> per-user values, aligned with users
     meta: dict[str, Any] = field(default_factory=dict)
-    n_candidates: int | None = None  # per test user (None: not known, e.g. built by hand)
+    n_candidates: int | None = None  # per test user (None: not known, or full ranking)
+    negatives: int | str = DEFAULT_NEGATIVES  # the protocol's (protocols.options; "all")
 
     def mean(self, metric: str) -> float:
         return float(np.mean(self.values[metric]))
@@ -68,11 +74,21 @@ def metric_rows(users, positives, candidates, scores: np.ndarray) -> tuple[list[
     """Per-user metric rows plus per-metric arrays, from scores in candidate-file order."""
     pos = np.array([c.index(p) for c, p in zip(candidates, positives, strict=True)])
     values = {m: M.compute(m, scores, pos) for m in METRICS}
-    rows = [
+    return rows_of(users, positives, values), values
+
+
+def rows_of(users, positives, values: dict[str, np.ndarray]) -> list[dict]:
+    """metrics.jsonl rows from per-metric arrays."""
+    return [
         {"user": u, "positive": p, **{m: float(values[m][n]) for m in METRICS}}
         for n, (u, p) in enumerate(zip(users, positives, strict=True))
     ]
-    return rows, values
+
+
+def full_metric_values(above: np.ndarray, tied: np.ndarray, n: np.ndarray
+                       ) -> dict[str, np.ndarray]:
+    """Every metric from each positive's rank bounds (full ranking: per-user counts)."""
+    return {m: M.from_ranks(m, above, tied, n) for m in METRICS}
 
 
 def jsonl_text(rows) -> str:
@@ -90,7 +106,14 @@ class TestCandidates:
     candidates_sha256: str
     users: tuple[str, ...]
     positives: tuple[str, ...]
-    candidates: tuple[tuple[str, ...], ...]
+    candidates: tuple[tuple[str, ...], ...]  # full ranking: empty (pool and exclude say)
+    negatives: int | str = DEFAULT_NEGATIVES
+    pool: tuple[str, ...] | None = None  # full ranking: the test pool, in request order
+    exclude: tuple[frozenset[str], ...] | None = None  # full ranking: not candidates
+
+    @property
+    def full_ranking(self) -> bool:
+        return self.pool is not None
 
 
 def _manifest(proto_dir: Path) -> dict | None:
@@ -111,26 +134,43 @@ def _test_candidates(path: str, _stamp: tuple[int, ...]) -> TestCandidates | str
     f = proto_dir / "test_candidates.jsonl"
     if file_sha256(f) != m.get("files", {}).get("test_candidates.jsonl"):
         return f"{f} does not match the sha256 in its manifest.json"
-    users, positives, cands = [], [], []
+    negatives = (m.get("options") or {}).get("negatives", DEFAULT_NEGATIVES)
+    pool = None
+    if POOL_FILE in m.get("files", {}):
+        pf = proto_dir / POOL_FILE
+        if file_sha256(pf) != m["files"][POOL_FILE]:
+            return f"{pf} does not match the sha256 in its manifest.json"
+        try:
+            pool = tuple(json.loads(line)["item"] for line in
+                         pf.read_text(encoding="utf-8").splitlines())
+        except (ValueError, KeyError, TypeError) as e:
+            return f"{pf} cannot be parsed ({e!r})"
+    users, positives, cands, excl = [], [], [], []
     try:
         for line in f.read_text(encoding="utf-8").splitlines():
             r = json.loads(line)
             users.append(r["user"])
             positives.append(r["positive"])
-            cands.append(tuple(r["candidates"]))
+            if pool is None:
+                cands.append(tuple(r["candidates"]))
+            else:
+                excl.append(frozenset(r["exclude"]))
     except (ValueError, KeyError, TypeError) as e:
         return f"{f} cannot be parsed ({e!r})"
-    return TestCandidates(m["candidates_sha256"], tuple(users), tuple(positives), tuple(cands))
+    return TestCandidates(m["candidates_sha256"], tuple(users), tuple(positives), tuple(cands),
+                          negatives, pool, tuple(excl) if pool is not None else None)
 
 
 def read_test_candidates(proto_dir: Path) -> TestCandidates | str:
     """The protocol's test candidates after checking the file against its manifest, or
     why they cannot be used. Cached while neither file changes."""
     stamp = []
-    for name in ("test_candidates.jsonl", "manifest.json"):
+    for name in ("test_candidates.jsonl", "manifest.json", POOL_FILE):
         try:
             st = (Path(proto_dir) / name).stat()
         except OSError:
+            if name == POOL_FILE:  # sampled protocols have none
+                continue
             return f"{Path(proto_dir) / name} not found"
         stamp += [st.st_mtime_ns, st.st_size]
     return _test_candidates(str(Path(proto_dir).resolve()), tuple(stamp))
@@ -262,15 +302,62 @@ def load_cell(cell_dir: Path, protocol: Path | None = None) -> CellResult:
     if len(rows) != len(test.users):
         raise DamagedCell(cell_dir, f"scores.jsonl has {len(rows)} rows, the protocol has "
                                     f"{len(test.users)} test users (truncated?)")
-    width = len(test.candidates[0]) if test.candidates else 0
-    scores = np.array([_score_row(cell_dir, n, r, u, c) for n, (r, u, c) in
-                       enumerate(zip(rows, test.users, test.candidates, strict=True), 1)],
-                      dtype=np.float64).reshape(len(rows), width)
-    _, values = metric_rows(test.users, test.positives, test.candidates, scores)
+    if test.full_ranking:
+        values, width = _full_values(cell_dir, rows, test), None
+    else:
+        width = len(test.candidates[0]) if test.candidates else 0
+        scores = np.array([_score_row(cell_dir, n, r, u, c) for n, (r, u, c) in
+                           enumerate(zip(rows, test.users, test.candidates, strict=True), 1)],
+                          dtype=np.float64).reshape(len(rows), width)
+        _, values = metric_rows(test.users, test.positives, test.candidates, scores)
     _check_metrics(cell_dir, _jsonl(cell_dir, "metrics.jsonl"), test, values)
     return CellResult(meta["table"], meta["dataset"], meta["setting"], meta["system"],
                       meta["group"], int(meta["seed"]), meta["candidates_sha256"],
-                      list(test.users), values, meta, width)
+                      list(test.users), values, meta, width, test.negatives)
+
+
+def _full_values(cell_dir: Path, rows: list[dict], test: TestCandidates
+                 ) -> dict[str, np.ndarray]:
+    """Every metric recomputed from full-ranking score rows: each listed item must be a
+    candidate (in the pool, not excluded, not the positive), listed once, scored at or
+    above the positive; the positive's rank bounds come from those scores and its
+    candidate count from the protocol."""
+    pool = set(test.pool or ())
+    n_all = len(test.pool or ())
+    above, tied, n_c = (np.zeros(len(rows), dtype=np.int64) for _ in range(3))
+    for n, (row, user, positive, excl) in enumerate(
+            zip(rows, test.users, test.positives, test.exclude or (), strict=True)):
+        where = f"scores.jsonl:{n + 1}"
+        if row.get("user") != user:
+            raise DamagedCell(cell_dir, f"{where}: user {row.get('user')!r}, the protocol's "
+                                        f"test user {n + 1} is {user!r}")
+        n_c[n] = n_all - len(excl)
+        ps, listed = row.get("positive_score"), row.get("at_or_above")
+        if not isinstance(listed, list):
+            raise DamagedCell(cell_dir, f"{where}: at_or_above must be a list")
+        if ps is None:  # an abstention: a miss
+            if listed:
+                raise DamagedCell(cell_dir, f"{where}: an abstention lists no items")
+            above[n] = n_c[n] - 1
+            continue
+        if not _finite(ps):
+            raise DamagedCell(cell_dir, f"{where}: positive_score must be a finite number")
+        seen: set[str] = set()
+        for pair in listed:
+            ok = (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)
+                  and _finite(pair[1]))
+            if not ok or pair[0] not in pool or pair[0] in excl or pair[0] == positive \
+                    or pair[0] in seen or pair[1] < ps:
+                raise DamagedCell(cell_dir, f"{where}: {pair!r} is not a candidate scored at "
+                                            "or above the positive (listed once)")
+            seen.add(pair[0])
+            above[n] += pair[1] > ps
+            tied[n] += pair[1] == ps
+    return full_metric_values(above, tied, n_c)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def recompute_from_scores(scores_path: Path, candidates_path: Path, metric: str) -> float:

@@ -10,6 +10,9 @@ Layout under OUT:
   cells/<dataset>/<setting>/<system>/seed-<n>/  scores.jsonl, metrics.jsonl, cell.json
   cache/                                      artifacts systems share (protocols.store)
   <table>.failures.json                       the last run's failed cells
+At another candidate count than the default (`negatives`), <setting> and <table> carry
+a suffix (warm-n99, warm-nall: protocols.options.negatives_suffix), so the tables of
+several counts live side by side and the default's paths are unchanged.
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ from protocols.build import build_protocol, general_hashes, source_hashes
 from protocols.datasets import source_root
 from protocols.digest import digest, file_sha256
 from protocols.errors import HarnessError, OptionError, OutputError
-from protocols.files import FILES, overlapping
-from protocols.options import ProtocolOptions
+from protocols.files import overlapping, protocol_files
+from protocols.options import FULL, ProtocolOptions, negatives_suffix
 from protocols.store import atomic_dir, atomic_write_text
 
 __all__ = ["CELL_FORMAT", "cell_key", "ensure_protocol", "run_cell", "run_table"]
@@ -67,7 +70,7 @@ def _stale(root: Path, dataset: str, setting: str, seed: int, options: ProtocolO
     if have.get("general_source", {}) != general:
         return "built from another general corpus (its source files' sha256 differ)"
     files = have.get("files") or {}
-    for name in FILES:
+    for name in protocol_files(have):
         if not (root / name).is_file() or file_sha256(root / name) != files.get(name):
             return f"{name} does not match the sha256 in its manifest"
     return None
@@ -82,7 +85,8 @@ def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: P
     files (sha256, the general corpus's too) with the same options and is intact;
     otherwise (or with `force`) rebuild it. `sources` saves rehashing the data when the
     caller already has it; `general_paths`: directories of `options.general_from`."""
-    root = Path(out) / "protocols" / _slug(dataset) / setting / f"seed-{seed}"
+    root = (Path(out) / "protocols" / _slug(dataset) / (setting + negatives_suffix(
+        options.negatives)) / f"seed-{seed}")
     if sources is None:
         sources = source_hashes(dataset, data_path)
     general = general_hashes(options, general_paths)
@@ -205,6 +209,7 @@ class TableRun:
     order: list[str]  # row labels in registry order (row order within a group)
     seconds: float = 0.0
     paths: dict[str, Path] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)  # full ranking: label -> why
     markdown: str = ""
 
 
@@ -273,13 +278,44 @@ def _record_failures(out: Path, table: str, failures: list[CellFailure]) -> None
         path.unlink()
 
 
+def _full_ranking_rows(classes: dict[str, type[System]], negatives: int | str, profile: str
+                      ) -> tuple[dict[str, type[System]], dict[str, str]]:
+    """(the systems that run, row label -> why each other is left out): at full ranking
+    only those declaring `full_ranking`; a table with none left is an error."""
+    if negatives != FULL:
+        return classes, {}
+    kept = {n: c for n, c in classes.items() if getattr(c, "full_ranking", False)}
+    left = {registry.label_for(c, profile): getattr(c, "full_ranking_reason", "")
+            for n, c in classes.items() if n not in kept}
+    if not kept:
+        raise OptionError(f"--negatives {FULL}: none of the systems asked for "
+                          f"({', '.join(classes)}) declares full-ranking support "
+                          "(System.full_ranking)")
+    return kept, left
+
+
+def left_out_path(out: Path, table: str) -> Path:
+    return Path(out) / f"{table}.left_out.json"
+
+
+def _record_left_out(out: Path, table: str, left_out: dict[str, str]) -> None:
+    """OUT/<table>.left_out.json: the rows a full-ranking run left out and why (`report`
+    states them in the caption); removed when none was."""
+    path = left_out_path(out, table)
+    if left_out:
+        atomic_write_text(path, json.dumps(left_out, indent=2) + "\n")
+    elif path.exists():
+        path.unlink()
+
+
 def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default",
               datasets: Sequence[str] | None = None, systems: Sequence[str] | None = None,
               seeds: Sequence[int] | None = None, force: bool = False,
               data_path: str | None = None, log: Callable[[str], None] = print, *,
               keep_going: bool = True, render: Renderer | None = None,
               general_from: Sequence[str] | None = None, jobs: int | None = None,
-              scheduler: str | None = None, retries: int = RETRIES) -> TableRun:
+              scheduler: str | None = None, retries: int = RETRIES,
+              negatives: int | str | None = None) -> TableRun:
     """Run (or load from cache) every cell of a table.
 
     Options are checked before anything is written. `out` must be absent, empty or a
@@ -291,7 +327,12 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     those datasets; None: the profile's choice per dataset (Profile.general_from).
     The cells to compute run in this process (`jobs=1`), on `jobs` local worker processes,
     or on the Dask cluster at `scheduler` (bench.executors); the driver writes each.
-    `jobs=None`: the profile's default for this machine (Profile.local_jobs)."""
+    `jobs=None`: the profile's default for this machine (Profile.local_jobs).
+    `negatives`: sampled negatives per test user (None: the profile's), or "all" for full
+    ranking, which runs only the systems that declare `full_ranking` (the others are
+    listed in `TableRun.left_out` and OUT/<table>.left_out.json, for the caption); the
+    table and its setting directories are then named with protocols.options'
+    `negatives_suffix` (warm-n99)."""
     tables = settings.tables()
     if table not in tables:
         raise OptionError(f"unknown table {table!r}; use one of {', '.join(tables)}")
@@ -302,12 +343,16 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     seeds = _listed("--seeds", seeds, prof.seeds)
     _check_seeds(seeds)
     classes = _systems(_listed("--systems", systems, prof.systems_for(table)), profile)
+    negatives = prof.protocol.negatives if negatives is None else negatives
+    label = table + negatives_suffix(negatives)  # the table's name, its files' stem
+    classes, left_out = _full_ranking_rows(classes, negatives, profile)
     if data_path is not None and len(datasets) != 1:
         raise OptionError("--data-path is the directory of one dataset: name that dataset "
                           "with --datasets NAME")
     given = general_corpus.parse(general_from) if general_from is not None else None
     general = {d: given or (prof.general_from.get(d, ()), {}) for d in datasets}
-    options = {d: replace(prof.protocol, general_from=general[d][0]) for d in datasets}
+    options = {d: replace(prof.protocol, general_from=general[d][0], negatives=negatives)
+               for d in datasets}
     for d, opts in options.items():
         opts.check()
         if d in general[d][0]:
@@ -341,9 +386,10 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
         todo: list[tuple[int, CellTask, Path]] = []
         done: dict[int, CellResult] = {}
         for n, (d, s, seed, name) in enumerate(grid):
-            cell_dir = out / "cells" / _slug(d) / s / _slug(name) / f"seed-{seed}"
+            cell_dir = (out / "cells" / _slug(d) / (s + negatives_suffix(negatives))
+                        / _slug(name) / f"seed-{seed}")
             task = _task(protos[(d, s)], manifests[(d, s)], name, classes[name], profile, seed,
-                         workdir, table, token)
+                         workdir, label, token)
             if not force and (cached := _cached(cell_dir, task.key, protos[(d, s)],
                                                 log)) is not None:
                 done[n] = cached
@@ -355,13 +401,15 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
             why = (f" (the {profile} profile's default on this machine; --jobs 1: in this "
                    "process)" if isinstance(executor, OnDemand) else "")
             log(f"{len(todo)} of {len(grid)} cells to compute on {executor.name}{why}")
-        failures = _compute(executor, todo, len(grid), done, keep_going, out, table, log)
-        _record_failures(out, table, failures)
+        failures = _compute(executor, todo, len(grid), done, keep_going, out, label, log)
+        _record_failures(out, label, failures)
+        _record_left_out(out, label, left_out)
         failed = {f.system for f in failures}
         ranked = sorted(classes, key=lambda n: registry.rank(classes[n]))
-        run = TableRun(table, profile, out,
+        run = TableRun(label, profile, out,
                        [done[n] for n in sorted(done) if grid[n][3] not in failed],
-                       failures, [registry.label_for(classes[n], profile) for n in ranked])
+                       failures, [registry.label_for(classes[n], profile) for n in ranked],
+                       left_out=left_out)
         if render is not None and run.results:
             run.paths = render(run)
             run.markdown = run.paths["md"].read_text() if "md" in run.paths else ""

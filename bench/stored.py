@@ -14,6 +14,7 @@ from bench import registry
 from bench.results import CellResult, DamagedCell, load_cell
 from bench.runner import _slug, failures_path
 from protocols.errors import HarnessError, OutputError
+from protocols.options import negatives_suffix, split_suffix
 
 
 class DamagedCells(HarnessError, ValueError):
@@ -84,11 +85,11 @@ def finished_cells(out: Path, log: Callable[[str], None] = print) -> list[CellRe
     return cells
 
 
-def _written_since(out: Path, row: dict, since: float) -> bool:
+def _written_since(out: Path, row: dict, since: float, suffix: str = "") -> bool:
     """Whether the cell a failure record names was written after the record: by a later
     run that stopped before it could rewrite the failures file (killed, interrupted)."""
     try:
-        cell = (Path(out) / "cells" / _slug(str(row["dataset"])) / str(row["setting"])
+        cell = (Path(out) / "cells" / _slug(str(row["dataset"])) / (str(row["setting"]) + suffix)
                 / _slug(str(row["system"])) / f"seed-{int(row['seed'])}" / "cell.json")
         return cell.stat().st_mtime > since
     except (KeyError, TypeError, ValueError, OSError):
@@ -101,11 +102,12 @@ def stored_failures(out: Path, table: str, log: Callable[[str], None]) -> list[d
     path = failures_path(out, table)
     if not path.exists():
         return []
+    suffix = negatives_suffix(split_suffix(table)[1])  # warm-n99's cells: <setting>-n99/
     try:
         rows = json.loads(path.read_text())
         since = path.stat().st_mtime
         return [r for r in rows if {"label", "group", "error"} <= set(r)
-                and not _written_since(out, r, since)]
+                and not _written_since(out, r, since, suffix)]
     except (ValueError, TypeError, AttributeError, OSError) as e:
         log(f"warning: {path} is not readable ({e}); failed rows are not marked")
         return []

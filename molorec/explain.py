@@ -152,7 +152,8 @@ def to_markdown(cs: CaseStudy) -> str:
              f"## History ({len(cs.history)} items, oldest first; the prompt kept the last "
              f"{cs.n_history_in_prompt})", ""]
     lines += [f"{n}. {_md(t)}" for n, t in enumerate(cs.history, 1)]
-    lines += ["", "## Candidates (1 positive + 29 negatives, in the candidate file's order)", ""]
+    lines += ["", f"## Candidates (1 positive + {len(cs.candidates) - 1} negatives, in the "
+              "candidate file's order)", ""]
     for n, t in enumerate(cs.candidates):
         tags = [x for x, on in (("positive", n == cs.positive), ("recommended",
                                                                   n == cs.chosen)) if on]

@@ -339,7 +339,7 @@ class RecLoRA(_LLMSystem):
         if self.bank is None:
             raise RuntimeError("call fit() before score()")
         if not requests:
-            return np.zeros((0, 30))
+            return np.zeros((0, 0))
         gates = self._gates([r.history for r in requests])
         self._last_gates = gates.cpu().numpy()
         parts = [self._parts(r) for r in requests]

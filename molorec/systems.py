@@ -39,6 +39,7 @@ class _LLMSystem(System):
     multithreaded: ClassVar[bool] = True  # the runner gives it every core
     lora_ranks: ClassVar[int] = 1  # adapters summed into the one served (vLLM's max rank)
     uses_gpu: ClassVar[bool] = True  # a parallel run gives each cell one GPU worker slot
+    full_ranking_reason: ClassVar[str] = "it scores each candidate with a language-model pass"
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)
@@ -134,11 +135,11 @@ class _LLMSystem(System):
         return prompt.ids, answers
 
     def _rank(self, requests: Sequence[ScoreRequest]) -> np.ndarray:
-        """(n, 30) scores with the adapter now served."""
+        """(n, n_candidates) scores with the adapter now served."""
         if self.backend is None:
             raise RuntimeError("call fit() before score()")
         if not requests:
-            return np.zeros((0, 30))
+            return np.zeros((0, 0))
         built = [self._prompt(r) for r in requests]
         if self.mode == "score":
             totals = self.backend.answer_logprobs(
@@ -210,7 +211,7 @@ class _LLMSystem(System):
                "generate": "generate mode: greedy decoding parsed against the candidate "
                            "titles; an answer naming no candidate is a miss"}[self.mode]
         return (f"LLM rows run on {self.info.get('backbone', '?')} ({backend}) and rank the "
-                f"30 candidates in {how}; TALLRec by logit(Yes) - logit(No)")
+                f"candidates in {how}; TALLRec by logit(Yes) - logit(No)")
 
     def close(self) -> None:
         """Free the backends (a vLLM engine holds its memory until closed)."""
@@ -266,7 +267,7 @@ class TALLRec(_LLMSystem):
         if self.backend is None:
             raise RuntimeError("call fit() before score()")
         if not requests:
-            return np.zeros((0, 30))
+            return np.zeros((0, 0))
         p = self.prompting
         parts = []
         for req in requests:

@@ -24,6 +24,7 @@ from protocols.digest import file_sha256
 from protocols.errors import OptionError, OutputError, ProtocolError
 from protocols.files import (
     FILES,
+    POOL_FILE,
     PROTOCOL_FORMAT,
     candidates_sha256,
     check_protocol_out,
@@ -60,6 +61,25 @@ def _cand_lines(users_q, items_q, part: splits.EvalPart, cands: np.ndarray) -> s
         f'"candidates": [{", ".join(items_q[row])}]}}\n'
         for u, p, row in zip(part.users, part.positives, cands, strict=True)
     )
+
+
+def _full_lines(users_q, items_q, part: splits.EvalPart, seen: np.ndarray, n_items: int
+                ) -> str:
+    """Full-ranking test rows: the user, the positive, and the pool items the user
+    interacted with (other than the positive), which are not candidates."""
+    in_pool = np.zeros(n_items, dtype=bool)
+    in_pool[part.pool] = True
+    s_user, s_item = seen // n_items, seen % n_items
+    keep = in_pool[s_item]
+    s_user, s_item = s_user[keep], s_item[keep]
+    bounds = np.searchsorted(s_user, np.stack([part.users, part.users + 1]))
+    out = []
+    for u, p, lo, hi in zip(part.users, part.positives, bounds[0], bounds[1], strict=True):
+        excl = s_item[lo:hi]
+        excl = excl[excl != p]
+        out.append(f'{{"user": {users_q[u]}, "positive": {items_q[p]}, '
+                   f'"exclude": [{", ".join(items_q[excl])}]}}\n')
+    return "".join(out)
 
 
 def _general_ragged(general: Interactions, drop_items: set[str]
@@ -147,11 +167,20 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     n_items = len(target.item_ids)
     seen = np.unique(target.user.astype(np.int64) * n_items + target.item)
     negs = {}
-    for name, part, stream in (("valid", split.valid, 201), ("test", split.test, 202)):
+    # full ranking: validation is sampled as in the default protocol (the same file), the
+    # test pool is written once (below)
+    sampled = (("valid", split.valid, 201),) if opts.full_ranking else (
+        ("valid", split.valid, 201), ("test", split.test, 202))
+    for name, part, stream in sampled:
         rng = np.random.default_rng([seed, stream])
-        neg = candidate_negatives(rng, part.users, part.pool, seen, n_items, opts.negatives,
-                                  target.user_ids)
+        neg = candidate_negatives(rng, part.users, part.pool, seen, n_items,
+                                  opts.sampled_negatives, target.user_ids)
         negs[name] = candidate_rows(rng, part.positives, neg)
+    if opts.full_ranking:
+        if len(split.test.pool) < 2:
+            raise ProtocolError(f"the test pool has {len(split.test.pool)} item(s); full "
+                                "ranking needs at least 2")
+        negs["test"] = np.asarray(split.test.pool)[None, :]  # titles: every pool item
 
     cold_ids = set(target.item_ids[split.cold_items]) if split.cold_items is not None else set()
     titles = inter.titles
@@ -170,8 +199,12 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         "train.jsonl": _seq_lines(users_q, items_q, split.train, split.targets),
         "general.jsonl": _seq_lines(_quoted(general.user_ids), _quoted(gitem_ids), grag, None),
         "valid_candidates.jsonl": _cand_lines(users_q, items_q, split.valid, negs["valid"]),
-        "test_candidates.jsonl": _cand_lines(users_q, items_q, split.test, negs["test"]),
+        "test_candidates.jsonl": (
+            _full_lines(users_q, items_q, split.test, seen, n_items) if opts.full_ranking
+            else _cand_lines(users_q, items_q, split.test, negs["test"])),
     }
+    if opts.full_ranking:
+        texts[POOL_FILE] = "".join(f'{{"item": {items_q[i]}}}\n' for i in split.test.pool)
     mentioned = set(target.item_ids[np.unique(np.concatenate(
         [split.train.items, negs["valid"].ravel(), negs["test"].ravel()]))])
     mentioned |= set(gitem_ids[np.unique(grag.items)])
@@ -187,6 +220,7 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         "valid_users": len(split.valid.users), "test_users": len(split.test.users),
         **{k: int(v) for k, v in inter.stats.items()}, **split.counts,
         **({f"general_{k}": v for k, v in external.counts.items()} if external else {}),
+        **({"test_pool_items": len(split.test.pool)} if opts.full_ranking else {}),
     }
     manifest: dict[str, Any] = {
         "format": FORMAT, "dataset": dataset, "setting": setting, "seed": seed,
@@ -198,9 +232,10 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         manifest["general_source"] = general_hashes(opts, general_paths)
         manifest["general_sources"] = external.per_source
     with atomic_dir(out, check=check_protocol_out) as tmp:
-        for name in FILES:
+        for name in texts:
             (tmp / name).write_text(texts[name], encoding="utf-8")
-        manifest["files"] = {name: file_sha256(tmp / name) for name in FILES}
+        manifest["files"] = {name: file_sha256(tmp / name) for name in (*FILES, *(
+            (POOL_FILE,) if POOL_FILE in texts else ()))}
         manifest["candidates_sha256"] = candidates_sha256(manifest["files"])
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest

@@ -49,7 +49,13 @@ def _rank_bounds(scores: np.ndarray, pos: np.ndarray) -> tuple[np.ndarray, np.nd
 def _expected(scores: np.ndarray, pos: np.ndarray, gain) -> np.ndarray:
     """E[gain(rank)] with rank uniform over above+1 .. above+tied+1 (ranks are 1-based)."""
     above, tied = _rank_bounds(scores, pos)
-    n = scores.shape[1]
+    return _expected_from(above, tied, scores.shape[1], gain)
+
+
+def _expected_from(above: np.ndarray, tied: np.ndarray, n: int, gain) -> np.ndarray:
+    """E[gain(rank)] from (candidates strictly above, tied excluding itself); n >= every
+    rank."""
+    above, tied = np.asarray(above, dtype=np.int64), np.asarray(tied, dtype=np.int64)
     ranks = np.arange(1, n + 1, dtype=np.float64)
     g = gain(ranks)  # gain for each possible rank
     cum = np.concatenate([[0.0], np.cumsum(g)])
@@ -70,6 +76,26 @@ def hr_at_k(scores: np.ndarray, pos: np.ndarray, k: int) -> np.ndarray:
 def mrr(scores: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """Per-user reciprocal rank."""
     return _expected(scores, pos, lambda r: 1.0 / r)
+
+
+def _gain(name: str):
+    base, k = parse_metric(name)
+    if base == "mrr":
+        return lambda r: 1.0 / r
+    if base == "hr":
+        return lambda r: (r <= k).astype(np.float64)
+    return lambda r: np.where(r <= k, 1.0 / np.log2(r + 1.0), 0.0)
+
+
+def from_ranks(name: str, above: np.ndarray, tied: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Per-user values of metric `name` from each positive's rank bounds: `above`
+    candidates scored strictly higher, `tied` others scored equal, `n` candidates in all
+    (per user: full ranking gives each user their own count). The same tie rule and gains
+    as `compute`, which is this on a score matrix; an abstention is above = n - 1, tied = 0."""
+    above, tied, n = (np.asarray(x, dtype=np.int64) for x in (above, tied, n))
+    if ((above < 0) | (tied < 0) | (above + tied + 1 > n)).any():
+        raise ValueError("rank bounds outside 1..n")
+    return _expected_from(above, tied, int(n.max(initial=1)), _gain(name))
 
 
 def parse_metric(name: str) -> tuple[str, int | None]:

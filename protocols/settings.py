@@ -45,7 +45,7 @@ def _warm(inter: Interactions, seed: int, options: ProtocolOptions) -> splits.Sp
 
 
 def _cold(inter: Interactions, seed: int, options: ProtocolOptions) -> splits.Split:
-    return splits.cold(inter, options.cold_fraction, seed, options.negatives)
+    return splits.cold(inter, options.cold_fraction, seed, options.sampled_negatives)
 
 
 def _fewshot(inter: Interactions, seed: int, options: ProtocolOptions, *,
@@ -70,7 +70,8 @@ COLD = SettingSpec(
 
 def _fewshot_cold(inter: Interactions, seed: int, options: ProtocolOptions, *,
                   percent: int) -> splits.Split:
-    return splits.fewshot_cold(inter, percent, seed, options.cold_fraction, options.negatives)
+    return splits.fewshot_cold(inter, percent, seed, options.cold_fraction,
+                               options.sampled_negatives)
 
 
 FEWSHOT_TITLE = "few-shot training (the paper's Table 3 setting)"

@@ -17,6 +17,7 @@ import numpy as np
 
 from bench.results import CellResult
 from protocols.errors import OutputError
+from protocols.options import negatives_suffix, split_suffix
 from protocols.stats import paired_ttest
 
 
@@ -38,14 +39,15 @@ def compare(cells: Sequence[CellResult], against: str, metrics: Sequence[str],
     """One row per cell of the (dataset, setting, seed) blocks that hold `against`: the
     mean of each metric and the two-sided paired t-test p-value against `against` on the
     same users (None for `against` itself)."""
-    refs = {(c.dataset, c.setting, c.seed): c for c in cells
+    # keyed by table too: one --out holds a table at several candidate counts (warm-n99)
+    refs = {(c.table, c.dataset, c.setting, c.seed): c for c in cells
             if c.system.casefold() == against.casefold()}
     if not refs:
         raise OutputError(f"no stored cell for {against!r}; rows: "
                           f"{', '.join(sorted({c.system for c in cells}))}")
     rows = []
     for c in cells:
-        ref = refs.get((c.dataset, c.setting, c.seed))
+        ref = refs.get((c.table, c.dataset, c.setting, c.seed))
         if ref is None:
             continue
         where = {u: i for i, u in enumerate(ref.users)}
@@ -54,7 +56,8 @@ def compare(cells: Sequence[CellResult], against: str, metrics: Sequence[str],
         except KeyError as e:
             raise OutputError(f"{c.system} scored user {e} that {ref.system} did not "
                               f"({c.dataset}, {c.setting}): not the same candidate file") from e
-        row: dict[str, Any] = {"dataset": c.dataset, "setting": c.setting, "seed": c.seed,
+        row: dict[str, Any] = {"table": c.table, "dataset": c.dataset, "setting": c.setting,
+                               "seed": c.seed,
                                "system": c.system, "group": c.group}
         for m in metrics:
             if m not in c.values:
@@ -78,9 +81,11 @@ def to_markdown(rows: Sequence[dict[str, Any]], against: str, metrics: Sequence[
     out = []
     blocks: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        blocks.setdefault((r["dataset"], r["setting"], r["seed"]), []).append(r)
-    for (dataset, setting, seed), rs in blocks.items():
-        out.append(f"{dataset}, {setting}, seed {seed}: paired t-tests against {against} "
+        blocks.setdefault((r.get("table", ""), r["dataset"], r["setting"], r["seed"]), []
+                          ).append(r)
+    for (table, dataset, setting, seed), rs in blocks.items():
+        shown = setting + negatives_suffix(split_suffix(table)[1]) if table else setting
+        out.append(f"{dataset}, {shown}, seed {seed}: paired t-tests against {against} "
                    f"({len(rs)} rows)\n")
         head = ["row", *(x for m in metrics for x in (m, f"p vs {against}")),
                 "fit s", "score s"]

@@ -8,6 +8,7 @@ here knows a particular system or setting: the registry and the setting specs do
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -15,10 +16,11 @@ from typing import Any
 
 from bench import outdir, registry
 from bench.results import CellResult
-from bench.runner import TableRun, run_table
+from bench.runner import TableRun, left_out_path, run_table
 from bench.stored import finished_cells, stored_failures
 from protocols import settings
 from protocols.errors import OutputError
+from protocols.options import split_suffix
 from reports.tables import render_all
 
 
@@ -43,9 +45,31 @@ def failure_note(failures: Iterable[tuple[str, str]]) -> str:
     return "Failed rows have no values: " + "; ".join(f"{k} ({v})" for k, v in first.items())
 
 
+def left_out_note(left_out: dict[str, str]) -> str:
+    """The caption's sentence on rows a full-ranking table leaves out, from label -> why."""
+    return ("Left out of full ranking: " + "; ".join(
+        f"{label} ({why or 'it does not declare full-ranking support'})"
+        for label, why in left_out.items()))
+
+
+def stored_left_out(out: Path, table: str, log: Callable[[str], None]) -> dict[str, str]:
+    """The rows the last full-ranking run of `table` left out (OUT/<table>.left_out.json)."""
+    path = left_out_path(out, table)
+    if not path.exists():
+        return {}
+    try:
+        found = json.loads(path.read_text())
+        return {str(k): str(v) for k, v in found.items()}
+    except (ValueError, AttributeError, OSError) as e:
+        log(f"warning: {path} is not readable ({e}); the caption names no left-out rows")
+        return {}
+
+
 def render_run(run: TableRun, reference: str | None = None) -> dict[str, Path]:
     """Write the files of a table run (`bench.runner.run_table(render=...)`)."""
     notes = caption_notes(run.results)
+    if run.left_out:
+        notes.append(left_out_note(run.left_out))
     if run.failures:
         notes.append(failure_note((f.label, f.error) for f in run.failures))
     return render_all(run.results, run.out, run.table, reference=reference, notes=notes,
@@ -82,17 +106,23 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
     cells = finished_cells(out, log)
     outdir.claim(out)
     tables = settings.tables()
-    wanted = [table] if table else [t for t, ss in tables.items()
-                                    if any(c.setting in ss for c in cells)]
+    # a table's cells name it (warm, or warm-n99 at another candidate count)
+    stored = sorted({c.table for c in cells if split_suffix(c.table)[0] in tables},
+                    key=lambda t: (list(tables).index(split_suffix(t)[0]), len(t), t))
+    wanted = [table] if table else stored
     written = []
     for t in wanted:
         failed = stored_failures(out, t, log)
         labels = {f["label"] for f in failed}
-        chosen = [c for c in cells if c.setting in tables.get(t, ()) and c.system not in labels]
+        chosen = [c for c in cells if c.table == t and c.system not in labels]
         if not chosen:
+            base, n = split_suffix(t)
+            how = f" --negatives {n}" if t != base else ""
             raise OutputError(f"no stored cells for table {t!r} under {out}; run `python -m "
-                              f"bench run --table {t} --out {out}` first")
+                              f"bench run --table {base}{how} --out {out}` first")
         notes = caption_notes(chosen)
+        if left := stored_left_out(out, t, log):
+            notes.append(left_out_note(left))
         if failed:
             notes.append(failure_note((f["label"], f["error"]) for f in failed))
         written.append(render_all(chosen, out, t, reference=reference, notes=notes,

@@ -31,7 +31,7 @@ import numpy as np
 from bench.api import GROUPS
 from bench.results import CellResult
 from protocols import settings
-from protocols.options import ProtocolOptions
+from protocols.options import DEFAULT_NEGATIVES, FULL, ProtocolOptions
 from protocols.stats import holm, paired_ttest
 from protocols.store import atomic_write_text
 from reports import by_setting, paper_reference, render
@@ -426,7 +426,12 @@ def build_table(results: Iterable[CellResult], *, table: str | None = None,
                              f"{', '.join(sorted(map(str, paper))) or 'none'}")
         published = paper_reference.published_block(next(iter(paper)))
     width = {r.n_candidates for r in results if r.n_candidates}
-    n_cand = width.pop() if len(width) == 1 else ProtocolOptions().n_candidates
+    counts = {r.negatives for r in results}
+    if len(counts) > 1:
+        raise ValueError(f"results mix candidate counts ({', '.join(map(str, counts))}); "
+                         "a table ranks one count (protocols.options.negatives_suffix)")
+    n_cand: int | str = (FULL if counts == {FULL} else width.pop() if len(width) == 1
+                         else ProtocolOptions().n_candidates)
     by_rows = all((sp := settings.find(s)) is not None and sp.row is not None
                   for _, s in ds_keys)
     layout = "settings" if by_rows else "systems"
@@ -486,11 +491,15 @@ def _caption(name, specs, columns, rows, n_tests, alpha, metrics, notes, ds_keys
     else:
         seeds = "; ".join(f"{r.system}: {', '.join(map(str, r.seeds))}" for r in rows
                           if not r.failed)
+    ranks = (f"each test user ranks 1 positive + {n_cand - 1} sampled negatives ({n_cand} "
+             "candidates)" if n_cand != FULL else
+             "full ranking: each test user ranks every item of the test pool they have not "
+             "interacted with (warm: the catalogue; cold: the new items); model selection on "
+             f"validation stays at 1 positive + {DEFAULT_NEGATIVES} sampled negatives")
     parts = [
         f"Table {name}: {what}.",
         *dict.fromkeys(sp.protocol for sp in specs),
-        f"each test user ranks 1 positive + {n_cand - 1} sampled negatives ({n_cand} "
-        "candidates); tie rule: expected value over tied orderings; "
+        f"{ranks}; tie rule: expected value over tied orderings; "
         f"metrics {', '.join(metrics)}, mean over users.",
         f"Candidates sha256 (first 12 hex): {'; '.join(cands)}.",
         f"Seeds: {seeds}; a value is the mean over seeds.",

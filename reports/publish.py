@@ -8,6 +8,7 @@ here knows a particular system or setting: the registry and the setting specs do
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
 from pathlib import Path
@@ -84,7 +85,7 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
     tables = settings.tables()
     wanted = [table] if table else [t for t, ss in tables.items()
                                     if any(c.setting in ss for c in cells)]
-    written = []
+    plans = []  # every table is checked before any file is written
     for t in wanted:
         failed = stored_failures(out, t, log)
         labels = {f["label"] for f in failed}
@@ -92,6 +93,16 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
         if not chosen:
             raise OutputError(f"no stored cells for table {t!r} under {out}; run `python -m "
                               f"bench run --table {t} --out {out}` first")
+        lost = shown_but_missing(out / f"{t}.json", chosen, labels)
+        if lost:
+            raise OutputError(
+                f"{out / t}.md/.tex/.json show {len(lost)} cell(s) that are no longer stored "
+                f"and were not reported failed: {'; '.join(lost)}. Rerun `python -m bench run "
+                f"--table {t} --out {out}` to compute them (finished cells are reused), or "
+                f"delete {out / t}.json to tabulate only the stored cells")
+        plans.append((t, failed, chosen))
+    written = []
+    for t, failed, chosen in plans:
         notes = caption_notes(chosen)
         if failed:
             notes.append(failure_note((f["label"], f["error"]) for f in failed))
@@ -99,3 +110,24 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
                                   order=row_order(chosen, failed),
                                   failed={f["label"]: f["group"] for f in failed}))
     return written
+
+
+def shown_but_missing(table_json: Path, cells: Sequence[CellResult], failed: set[str]
+                      ) -> list[str]:
+    """The cells the table file now shows (a value per row, column and seed) that are not
+    among `cells` and whose row is not in `failed`: a `report` must not drop them from the
+    table without a word (a partial copy of a results folder). A file this code cannot
+    read (absent, from an older version) shows nothing."""
+    try:
+        shown = json.loads(table_json.read_text(encoding="utf-8"))
+        cols = [(c["dataset"], c["setting"], {s for k in c["candidates"] for s in k["seeds"]})
+                for c in shown["columns"]]
+        expected = {(d, s, r["system"], seed)
+                    for r in shown["rows"] if not r["failed"] and r["system"] not in failed
+                    for (d, s, seeds), value in zip(cols, r["cells"], strict=True)
+                    if value is not None for seed in set(r["seeds"]) & seeds}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    have = {(c.dataset, c.setting, c.system, c.seed) for c in cells}
+    return [f"{label} on {d} ({s}), seed {seed}"
+            for d, s, label, seed in sorted(expected - have, key=str)]

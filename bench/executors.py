@@ -194,6 +194,67 @@ def _write_token(workdir: Path) -> str:
     return token
 
 
+def check_address(address: str) -> None:
+    """Refuse a --scheduler address Dask cannot connect to, before trying: a scheme it
+    does not speak (http://), or no port (a bare host name)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    hint = "give the scheduler's address as tcp://HOST:PORT (`dask scheduler` prints it)"
+    try:
+        scheme, location = parse_address(address)
+    except (ValueError, TypeError):
+        raise OptionError(f"--scheduler {address!r} is not an address; {hint}") from None
+    try:
+        get_backend(scheme)
+    except ValueError:
+        raise OptionError(f"--scheduler {address}: Dask does not speak {scheme}://; "
+                          f"{hint}") from None
+    if scheme == "inproc":
+        raise OptionError(f"--scheduler {address}: an inproc:// scheduler is reachable "
+                          f"only inside its own process; {hint}")
+    try:
+        host, port = parse_host_port(location)
+    except ValueError:
+        raise OptionError(f"--scheduler {address} names no port; {hint}") from None
+    if not host or not 0 < int(port) < 65536:
+        raise OptionError(f"--scheduler {address} names no host or a port outside "
+                          f"1-65535; {hint}")
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Connect to `address` and complete Dask's handshake, all within `timeout` seconds
+    (Dask bounds only the TCP connect: a server that accepts and never answers, like a
+    web server, would hold `Client()` until it closes). Runs on its own event loop, in a
+    thread, so that it works from a caller that has a loop running."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        # Dask's own bound on the TCP connect is shorter, so that a refused connection
+        # says so; the handshake after it has the rest
+        comm = await asyncio.wait_for(connect(address, timeout=round(0.8 * timeout, 3)), timeout)
+        await comm.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-handshake") as pool:
+        try:
+            pool.submit(asyncio.run, probe()).result()
+        except TimeoutError:
+            raise OptionError(
+                f"cannot reach the Dask scheduler at {address}: no Dask handshake within "
+                f"{timeout:g} s (something that is not a Dask scheduler listens there, or "
+                "nothing answers); expected the address of a running `dask scheduler` (it "
+                "prints it, e.g. tcp://10.0.0.5:8786)") from None
+        except Exception as e:  # refused, reset, or garbage where a Dask message belongs
+            cause = f" ({type(e.__cause__).__name__})" if e.__cause__ is not None else ""
+            text = " ".join(f"{type(e).__name__}: {e}{cause}".split())[:200]
+            raise OptionError(
+                f"cannot reach the Dask scheduler at {address} ({text}); expected the address "
+                "of a running `dask scheduler`: start it, or check --scheduler") from None
+
+
 class DaskExecutor(Executor):
     """Cells as Dask tasks; the protocol files are scattered once and travel to workers."""
 
@@ -227,9 +288,15 @@ class DaskExecutor(Executor):
 
     @classmethod
     def connect(cls, address: str, retries: int = RETRIES,
-                timeout: float = CONNECT_TIMEOUT_S) -> DaskExecutor:
+                timeout: float | None = None) -> DaskExecutor:
+        """A client of the scheduler at `address`, after checking the address's form and
+        that a Dask scheduler answers there within `timeout` (default CONNECT_TIMEOUT_S):
+        something else listening at the address fails at once, not after Dask's waits."""
         from distributed import Client
 
+        timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+        check_address(address)
+        _handshake(address, timeout)
         try:
             client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:

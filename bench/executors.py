@@ -18,11 +18,15 @@ worker offers one, so CPU-only cells never wait for a GPU.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +103,12 @@ class Executor:
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            with _quiet_logs():
+                self.close()
+        else:
+            self.close()
 
 
 class Serial(Executor):
@@ -176,6 +184,36 @@ def _local_cluster(jobs: int, retries: int) -> Any:
         "host": "127.0.0.1", "dashboard": False, "dashboard_address": None,
         "allowed_failures": retries}}
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
+
+
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """No log records while a cluster the user interrupted closes: its workers took the
+    Ctrl-C too (a terminal sends it to them all), and Dask would log each broken
+    connection with a traceback; the interrupt itself is the one line to show."""
+    before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[list[int]]:
+    """Hold a Ctrl-C that comes while local workers start until they have (seconds),
+    then let it through: a cluster interrupted half-started cannot be closed, and Dask's
+    exit handler prints a traceback trying. Yields the signals held."""
+    held: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield held
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _restore_environ(saved: dict[str, str]) -> None:
@@ -271,20 +309,29 @@ class DaskExecutor(Executor):
 
         saved = dict(os.environ)
         settings = dask.config.set(_local_config())
+        executor = None
         try:
-            cluster = _local_cluster(jobs, retries)
-            try:
-                client = Client(cluster, set_as_default=False)
-                client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
-            except BaseException:
-                cluster.close()
-                raise
-        except BaseException:
-            settings.__exit__(None, None, None)
+            with _ctrl_c_held() as pressed:
+                cluster = _local_cluster(jobs, retries)
+                try:
+                    client = Client(cluster, set_as_default=False)
+                    client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
+                except BaseException:
+                    cluster.close()
+                    raise
+                executor = cls(client, cluster, retries, f"{jobs} local worker processes",
+                               saved, settings)
+            if pressed:
+                raise KeyboardInterrupt
+        except BaseException as e:
+            if executor is not None:  # a Ctrl-C pressed while they started, delivered now
+                executor.__exit__(type(e))
+            else:
+                settings.__exit__(None, None, None)
             _restore_environ(saved)
             raise
         _restore_environ(saved)
-        return cls(client, cluster, retries, f"{jobs} local worker processes", saved, settings)
+        return executor
 
     @classmethod
     def connect(cls, address: str, retries: int = RETRIES,

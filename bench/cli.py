@@ -244,13 +244,19 @@ def _cmd_report(a: argparse.Namespace) -> int:
 
 def _cmd_compare(a: argparse.Namespace) -> int:
     from bench.stored import finished_cells
+    from protocols.errors import OutputError
     from reports.compare import compare, timings, to_markdown
     from reports.publish import row_order
 
     cells = finished_cells(Path(a.out), log=_warn)
     tables = settings.tables()
     if a.table:
+        held = sorted(t for t, ss in tables.items() if any(c.setting in ss for c in cells))
         cells = [c for c in cells if c.setting in tables[a.table]]
+        if not cells:
+            raise OutputError(f"the folder {a.out} holds no cells for table {a.table} (only "
+                              f"for {', '.join(held)}); run `python -m bench run --table "
+                              f"{a.table} --out {a.out}` first")
     rank = {label: i for i, label in enumerate(row_order(cells, []))}
     cells.sort(key=lambda c: (c.dataset, c.setting, c.seed, rank[c.system]))
     print(to_markdown(compare(cells, a.against, a.metrics, timings(Path(a.out))), a.against,
@@ -282,13 +288,14 @@ def _cmd_list(_: argparse.Namespace) -> int:
 
 def _cmd_protocol(a: argparse.Namespace) -> int:
     from protocols.build import build_protocol
+    from protocols.datasets import canonical, canonical_sources
     from protocols.general_corpus import parse
 
-    names, paths = parse(a.general_from or [])
+    names, paths = canonical_sources(*parse(a.general_from or []))
     options = ProtocolOptions(kcore=a.kcore, general_fraction=a.general_fraction,
                               cold_fraction=a.cold_fraction, max_users=a.max_users,
                               general_from=names, negatives=a.negatives)
-    m = build_protocol(a.dataset, a.setting, a.seed, a.out, data_path=a.data_path,
+    m = build_protocol(canonical(a.dataset), a.setting, a.seed, a.out, data_path=a.data_path,
                        options=options, general_paths=paths)
     print(json.dumps({"out": a.out, "counts": m["counts"],
                       "candidates_sha256": m["candidates_sha256"]}, indent=2))
@@ -328,8 +335,17 @@ COMMANDS = {"run": _cmd_run, "report": _cmd_report, "compare": _cmd_compare,
             "explain": _cmd_explain, "robustness": _cmd_robustness}
 
 
+def _output(a: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The command's output option and its value (what an OSError's remedy names)."""
+    for option in ("out", "dest"):
+        if getattr(a, option, None) is not None:
+            return f"--{option}", str(getattr(a, option))
+    return None, None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    from bench.cli_errors import EXIT_INTERRUPTED, INTERRUPTED, explain_os_error
     from protocols.errors import HarnessError
 
     try:
@@ -337,6 +353,15 @@ def main(argv: list[str] | None = None) -> int:
     except HarnessError as e:  # every error the harness defines says what to do
         _warn(f"error: {e}")
         return 2
+    except OSError as e:  # read-only, permission, no space, a file in the way
+        message = explain_os_error(e, *_output(args))
+        if message is None:
+            raise
+        _warn(f"error: {message}")
+        return 2
+    except KeyboardInterrupt:  # the run's `with` blocks have closed its workers by now
+        _warn(INTERRUPTED)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

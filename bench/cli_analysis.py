@@ -116,7 +116,10 @@ def explain(out: Path, user: str, table: str, setting: str | None, dataset: str 
                           f"({', '.join(tables[table])})")
     cells = [c for c in finished_cells(out, print) if _is(c, MOLOREC) and c.setting == setting
              and c.negatives == DEFAULT_NEGATIVES]
-    dataset = _pick(cells, "dataset", dataset, sorted({c.dataset for c in cells}))
+    names = sorted({c.dataset for c in cells})
+    if dataset is not None:  # typed in any case, like every dataset name
+        dataset = {n.casefold(): n for n in names}.get(dataset.casefold(), dataset)
+    dataset = _pick(cells, "dataset", dataset, names)
     seed = _pick(cells, "seed", seed, sorted({c.seed for c in cells if c.dataset == dataset}))
     cell = next(c for c in cells if (c.dataset, c.seed) == (dataset, seed))
     proto = _protocol_of(out, cell)

@@ -18,11 +18,15 @@ worker offers one, so CPU-only cells never wait for a GPU.
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import threading
 import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +103,12 @@ class Executor:
     def __enter__(self) -> Executor:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            with _quiet_logs():
+                self.close()
+        else:
+            self.close()
 
 
 class Serial(Executor):
@@ -178,6 +186,36 @@ def _local_cluster(jobs: int, retries: int) -> Any:
     return SpecCluster(workers=workers, scheduler=scheduler, silence_logs=logging.ERROR)
 
 
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """No log records while a cluster the user interrupted closes: its workers took the
+    Ctrl-C too (a terminal sends it to them all), and Dask would log each broken
+    connection with a traceback; the interrupt itself is the one line to show."""
+    before = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(before)
+
+
+@contextmanager
+def _ctrl_c_held() -> Iterator[list[int]]:
+    """Hold a Ctrl-C that comes while local workers start until they have (seconds),
+    then let it through: a cluster interrupted half-started cannot be closed, and Dask's
+    exit handler prints a traceback trying. Yields the signals held."""
+    held: list[int] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield held
+        return
+    signal.signal(signal.SIGINT, lambda signum, frame: held.append(signum))
+    try:
+        yield held
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _restore_environ(saved: dict[str, str]) -> None:
     """A Nanny sets its spawn environment (PYTHONHASHSEED, ...) in the
     process that runs it, here the driver, at each (re)start of its worker: undo that."""
@@ -192,6 +230,67 @@ def _write_token(workdir: Path) -> str:
     token = uuid.uuid4().hex
     atomic_write_text(Path(workdir) / RUN_TOKEN, token + "\n")
     return token
+
+
+def check_address(address: str) -> None:
+    """Refuse a --scheduler address Dask cannot connect to, before trying: a scheme it
+    does not speak (http://), or no port (a bare host name)."""
+    from distributed.comm.addressing import parse_address, parse_host_port
+    from distributed.comm.registry import get_backend
+
+    hint = "give the scheduler's address as tcp://HOST:PORT (`dask scheduler` prints it)"
+    try:
+        scheme, location = parse_address(address)
+    except (ValueError, TypeError):
+        raise OptionError(f"--scheduler {address!r} is not an address; {hint}") from None
+    try:
+        get_backend(scheme)
+    except ValueError:
+        raise OptionError(f"--scheduler {address}: Dask does not speak {scheme}://; "
+                          f"{hint}") from None
+    if scheme == "inproc":
+        raise OptionError(f"--scheduler {address}: an inproc:// scheduler is reachable "
+                          f"only inside its own process; {hint}")
+    try:
+        host, port = parse_host_port(location)
+    except ValueError:
+        raise OptionError(f"--scheduler {address} names no port; {hint}") from None
+    if not host or not 0 < int(port) < 65536:
+        raise OptionError(f"--scheduler {address} names no host or a port outside "
+                          f"1-65535; {hint}")
+
+
+def _handshake(address: str, timeout: float) -> None:
+    """Connect to `address` and complete Dask's handshake, all within `timeout` seconds
+    (Dask bounds only the TCP connect: a server that accepts and never answers, like a
+    web server, would hold `Client()` until it closes). Runs on its own event loop, in a
+    thread, so that it works from a caller that has a loop running."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from distributed.comm import connect
+
+    async def probe() -> None:
+        # Dask's own bound on the TCP connect is shorter, so that a refused connection
+        # says so; the handshake after it has the rest
+        comm = await asyncio.wait_for(connect(address, timeout=round(0.8 * timeout, 3)), timeout)
+        await comm.close()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-handshake") as pool:
+        try:
+            pool.submit(asyncio.run, probe()).result()
+        except TimeoutError:
+            raise OptionError(
+                f"cannot reach the Dask scheduler at {address}: no Dask handshake within "
+                f"{timeout:g} s (something that is not a Dask scheduler listens there, or "
+                "nothing answers); expected the address of a running `dask scheduler` (it "
+                "prints it, e.g. tcp://10.0.0.5:8786)") from None
+        except Exception as e:  # refused, reset, or garbage where a Dask message belongs
+            cause = f" ({type(e.__cause__).__name__})" if e.__cause__ is not None else ""
+            text = " ".join(f"{type(e).__name__}: {e}{cause}".split())[:200]
+            raise OptionError(
+                f"cannot reach the Dask scheduler at {address} ({text}); expected the address "
+                "of a running `dask scheduler`: start it, or check --scheduler") from None
 
 
 class DaskExecutor(Executor):
@@ -210,26 +309,41 @@ class DaskExecutor(Executor):
 
         saved = dict(os.environ)
         settings = dask.config.set(_local_config())
+        executor = None
         try:
-            cluster = _local_cluster(jobs, retries)
-            try:
-                client = Client(cluster, set_as_default=False)
-                client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
-            except BaseException:
-                cluster.close()
-                raise
-        except BaseException:
-            settings.__exit__(None, None, None)
+            with _ctrl_c_held() as pressed:
+                cluster = _local_cluster(jobs, retries)
+                try:
+                    client = Client(cluster, set_as_default=False)
+                    client.wait_for_workers(jobs, timeout=START_TIMEOUT_S)
+                except BaseException:
+                    cluster.close()
+                    raise
+                executor = cls(client, cluster, retries, f"{jobs} local worker processes",
+                               saved, settings)
+            if pressed:
+                raise KeyboardInterrupt
+        except BaseException as e:
+            if executor is not None:  # a Ctrl-C pressed while they started, delivered now
+                executor.__exit__(type(e))
+            else:
+                settings.__exit__(None, None, None)
             _restore_environ(saved)
             raise
         _restore_environ(saved)
-        return cls(client, cluster, retries, f"{jobs} local worker processes", saved, settings)
+        return executor
 
     @classmethod
     def connect(cls, address: str, retries: int = RETRIES,
-                timeout: float = CONNECT_TIMEOUT_S) -> DaskExecutor:
+                timeout: float | None = None) -> DaskExecutor:
+        """A client of the scheduler at `address`, after checking the address's form and
+        that a Dask scheduler answers there within `timeout` (default CONNECT_TIMEOUT_S):
+        something else listening at the address fails at once, not after Dask's waits."""
         from distributed import Client
 
+        timeout = CONNECT_TIMEOUT_S if timeout is None else timeout
+        check_address(address)
+        _handshake(address, timeout)
         try:
             client = Client(address, timeout=timeout, set_as_default=False)
         except (OSError, TimeoutError) as e:

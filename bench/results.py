@@ -202,7 +202,13 @@ def _read_meta(cell_dir: Path) -> dict[str, Any]:
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise DamagedCell(cell_dir, "cell.json is missing") from None
+        if not cell_dir.is_dir():
+            raise DamagedCell(cell_dir, "not a directory") from None
+        held = sorted(p.name for p in cell_dir.iterdir())
+        raise DamagedCell(cell_dir, "cell.json is missing (the directory holds "
+                          f"{', '.join(held) if held else 'nothing'}: copied in part?)") from None
+    except NotADirectoryError:
+        raise DamagedCell(cell_dir, "not a directory") from None
     except (ValueError, UnicodeDecodeError) as e:
         raise DamagedCell(cell_dir, f"cell.json is not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("format") != CELL_FORMAT:

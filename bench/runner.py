@@ -31,7 +31,7 @@ from bench.executors import RETRIES, Executor, OnDemand, Progress, Serial, make_
 from bench.results import CELL_FORMAT, CellResult, DamagedCell, load_cell
 from protocols import general_corpus, settings
 from protocols.build import build_protocol, general_hashes, source_hashes
-from protocols.datasets import source_root
+from protocols.datasets import canonical, canonical_sources, source_root
 from protocols.digest import digest, file_sha256
 from protocols.errors import HarnessError, OptionError, OutputError
 from protocols.files import overlapping, protocol_files
@@ -130,6 +130,10 @@ def _cached(cell_dir: Path, key: str, proto_dir: Path, log: Callable[[str], None
     recomputed (it is the harness's own file)."""
     meta_path = cell_dir / "cell.json"
     if not meta_path.exists():
+        if cell_dir.is_dir():  # emptied or copied in part: say so, as for a damaged one
+            held = ", ".join(sorted(p.name for p in cell_dir.iterdir())) or "nothing"
+            log(f"damaged cell {cell_dir}: cell.json is missing (the directory holds "
+                f"{held}); recomputing it")
         return None
     try:
         meta = json.loads(meta_path.read_text())
@@ -339,6 +343,9 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     if profile not in profiles.PROFILES:
         raise OptionError(f"unknown profile {profile!r}; use one of {', '.join(profiles.PROFILES)}")
     prof = profiles.get(profile)
+    if datasets is not None:  # in the registered spelling: ML-100K reuses ml-100k's cells
+        datasets = [canonical(d) for d in ([datasets] if isinstance(datasets, str)
+                                           else datasets)]
     datasets = _listed("--datasets", datasets, prof.datasets_for(table))
     seeds = _listed("--seeds", seeds, prof.seeds)
     _check_seeds(seeds)
@@ -349,7 +356,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     if data_path is not None and len(datasets) != 1:
         raise OptionError("--data-path is the directory of one dataset: name that dataset "
                           "with --datasets NAME")
-    given = general_corpus.parse(general_from) if general_from is not None else None
+    given = (canonical_sources(*general_corpus.parse(general_from))
+             if general_from is not None else None)
     general = {d: given or (prof.general_from.get(d, ()), {}) for d in datasets}
     options = {d: replace(prof.protocol, general_from=general[d][0], negatives=negatives)
                for d in datasets}

@@ -55,12 +55,20 @@ def _dedupe(found: list[tuple[Path, CellResult]], log: Callable[[str], None]
     return kept
 
 
+def cell_dirs(out: Path) -> list[Path]:
+    """Every cell directory under OUT/cells, finished or not: a directory the runner made
+    (it only ever renames a whole cell into place) that lacks its cell.json was emptied
+    by hand or copied in part (an interrupted rsync), and must be named, not skipped."""
+    return sorted(p for p in (Path(out) / "cells").glob("*/*/*/seed-*")
+                  if not p.name.startswith("."))
+
+
 def stored_cells(out: Path, log: Callable[[str], None] = print) -> list[CellResult]:
     """Every cell under `out`, verified; refuses (naming each) if any is damaged."""
     found, damaged = [], []
-    for p in sorted((Path(out) / "cells").glob("*/*/*/seed-*/cell.json")):
+    for d in cell_dirs(out):
         try:
-            found.append((p.parent, load_cell(p.parent)))
+            found.append((d, load_cell(d)))
         except DamagedCell as e:
             damaged.append(str(e))
     if damaged:

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
-from protocols.errors import ProtocolError
+from protocols.errors import OptionError, ProtocolError
 from protocols.interactions import Interactions
 from protocols.registry import Registry, did_you_mean, import_target, spec_of, suggest
 
@@ -171,6 +172,25 @@ def lookup(name: str, fold_case: bool = False) -> tuple[DatasetSpec, str] | None
         if s.family and fold(name).startswith(fold(s.prefix)) and len(name) > len(s.prefix):
             return s, s.prefix + name[len(s.prefix):]
     return None
+
+
+def canonical(name: str) -> str:
+    """The registered spelling of a dataset name typed in any case (`ML-100K` is
+    `ml-100k`, so it reuses the same protocol and cells); a name no spec covers (a
+    --data-path dataset) is kept as typed."""
+    found = lookup(name, fold_case=True)
+    return found[1] if found is not None else name
+
+
+def canonical_sources(names: Sequence[str], paths: Mapping[str, str]
+                      ) -> tuple[tuple[str, ...], dict[str, str]]:
+    """`--general-from` names and their paths (general_corpus.parse) in the registered
+    spelling; one dataset named twice in two cases is refused."""
+    fixed = tuple(canonical(n) for n in names)
+    for n, c in zip(names, fixed, strict=True):
+        if fixed.count(c) > 1:
+            raise OptionError(f"--general-from names {c!r} more than once (as {n!r})")
+    return fixed, {canonical(n): p for n, p in paths.items()}
 
 
 def unknown(name: str) -> ProtocolError:

@@ -116,6 +116,29 @@ def atomic_dir(out: Path, check: Callable[[Path], None] | None = None) -> Iterat
                 shutil.rmtree(leftover, ignore_errors=True)
 
 
+def atomic_write_texts(texts: dict[Path, str]) -> None:
+    """Write several files as one: every text goes to a temporary sibling first, and the
+    renames (which need no space) follow only once all are written, so a full disk or an
+    interrupt leaves either all old files or all new ones (a table's .md/.tex/.json)."""
+    tmps: list[tuple[str, Path]] = []
+    try:
+        for path, text in texts.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+            tmps.append((tmp, path))
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+        while tmps:
+            tmp, path = tmps[0]
+            os.replace(tmp, path)
+            tmps.pop(0)
+    finally:
+        for tmp, _ in tmps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write a file via a temporary sibling and rename."""
     path = Path(path)

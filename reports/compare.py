@@ -18,6 +18,7 @@ import numpy as np
 from bench.results import CellResult
 from protocols.errors import OutputError
 from protocols.options import negatives_suffix, split_suffix
+from protocols.registry import did_you_mean, suggest
 from protocols.stats import paired_ttest
 
 
@@ -43,8 +44,10 @@ def compare(cells: Sequence[CellResult], against: str, metrics: Sequence[str],
     refs = {(c.table, c.dataset, c.setting, c.seed): c for c in cells
             if c.system.casefold() == against.casefold()}
     if not refs:
-        raise OutputError(f"no stored cell for {against!r}; rows: "
-                          f"{', '.join(sorted({c.system for c in cells}))}")
+        rows = sorted({c.system for c in cells}, key=str.lower)
+        raise OutputError(f"--against {against}: no stored cell for {against!r}."
+                          f"{did_you_mean(suggest(against, rows))} Stored rows: "
+                          f"{', '.join(rows)}")
     rows = []
     for c in cells:
         ref = refs.get((c.table, c.dataset, c.setting, c.seed))

@@ -110,16 +110,26 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
     stored = sorted({c.table for c in cells if split_suffix(c.table)[0] in tables},
                     key=lambda t: (list(tables).index(split_suffix(t)[0]), len(t), t))
     wanted = [table] if table else stored
-    written = []
+    plans = []  # every table is checked before any file is written
     for t in wanted:
         failed = stored_failures(out, t, log)
         labels = {f["label"] for f in failed}
         chosen = [c for c in cells if c.table == t and c.system not in labels]
+        base, n = split_suffix(t)
+        how = f" --negatives {n}" if t != base else ""
         if not chosen:
-            base, n = split_suffix(t)
-            how = f" --negatives {n}" if t != base else ""
             raise OutputError(f"no stored cells for table {t!r} under {out}; run `python -m "
                               f"bench run --table {base}{how} --out {out}` first")
+        lost = shown_but_missing(out / f"{t}.json", chosen, labels)
+        if lost:
+            raise OutputError(
+                f"{out / t}.md/.tex/.json show {len(lost)} cell(s) that are no longer stored "
+                f"and were not reported failed: {'; '.join(lost)}. Rerun `python -m bench run "
+                f"--table {base}{how} --out {out}` to compute them (finished cells are "
+                f"reused), or delete {out / t}.json to tabulate only the stored cells")
+        plans.append((t, failed, chosen))
+    written = []
+    for t, failed, chosen in plans:
         notes = caption_notes(chosen)
         if left := stored_left_out(out, t, log):
             notes.append(left_out_note(left))
@@ -129,3 +139,24 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
                                   order=row_order(chosen, failed),
                                   failed={f["label"]: f["group"] for f in failed}))
     return written
+
+
+def shown_but_missing(table_json: Path, cells: Sequence[CellResult], failed: set[str]
+                      ) -> list[str]:
+    """The cells the table file now shows (a value per row, column and seed) that are not
+    among `cells` and whose row is not in `failed`: a `report` must not drop them from the
+    table without a word (a partial copy of a results folder). A file this code cannot
+    read (absent, from an older version) shows nothing."""
+    try:
+        shown = json.loads(table_json.read_text(encoding="utf-8"))
+        cols = [(c["dataset"], c["setting"], {s for k in c["candidates"] for s in k["seeds"]})
+                for c in shown["columns"]]
+        expected = {(d, s, r["system"], seed)
+                    for r in shown["rows"] if not r["failed"] and r["system"] not in failed
+                    for (d, s, seeds), value in zip(cols, r["cells"], strict=True)
+                    if value is not None for seed in set(r["seeds"]) & seeds}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return []
+    have = {(c.dataset, c.setting, c.system, c.seed) for c in cells}
+    return [f"{label} on {d} ({s}), seed {seed}"
+            for d, s, label, seed in sorted(expected - have, key=str)]

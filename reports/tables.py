@@ -33,7 +33,7 @@ from bench.results import CellResult
 from protocols import settings
 from protocols.options import DEFAULT_NEGATIVES, FULL, ProtocolOptions
 from protocols.stats import holm, paired_ttest
-from protocols.store import atomic_write_text
+from protocols.store import atomic_write_texts
 from reports import by_setting, paper_reference, render
 
 COMPARED_GROUPS = ("Traditional", "Transferable", "LLM-Based", "Ours")
@@ -534,8 +534,5 @@ def render_all(results: Iterable[CellResult], out_dir: str | Path, table_name: s
              "tex": (f"{table_name}.tex", t.to_latex()),
              "tex_document": (f"{table_name}.standalone.tex", t.to_latex_document()),
              "json": (f"{table_name}.json", json.dumps(t.to_dict(), indent=2) + "\n")}
-    paths = {}
-    for key, (fname, text) in texts.items():
-        atomic_write_text(out / fname, text)
-        paths[key] = out / fname
-    return paths
+    atomic_write_texts({out / fname: text for fname, text in texts.values()})
+    return {key: out / fname for key, (fname, _) in texts.items()}

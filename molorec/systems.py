@@ -68,6 +68,22 @@ class _LLMSystem(System):
         self.titles: dict[str, str] = {}
         self.vocab: torch.Tensor | None = None
 
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """`--backbone` replaces the profile's backbone; either way the model is found
+        and its sha256 pinned into the config (molorec.backbone.pin), so the cell key
+        covers the weights, not only the settings."""
+        from molorec import backbone as B
+
+        cfg = dict(config)
+        if backbone is not None:
+            cfg["backbone"] = B.from_option(backbone, backbone_label, cfg["backbone"])
+        elif backbone_label is not None:
+            cfg["backbone"] = {**cfg["backbone"], "label": backbone_label}
+        cfg["backbone"] = B.pin(cfg["backbone"], env=backbone is None)
+        return cfg
+
     @property
     def enc(self):
         return self.artifacts.enc

@@ -13,7 +13,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import outdir, registry
+from bench import outdir, overrides, registry
 from bench.results import CellResult
 from bench.runner import TableRun, run_table
 from bench.stored import finished_cells, stored_failures
@@ -32,7 +32,25 @@ def caption_notes(results: Sequence[CellResult]) -> list[str]:
         for n in note if isinstance(note, list) else [note]:
             if n and str(n) not in notes:
                 notes.append(str(n))
+    changed = {r.system: r.meta["overrides"] for r in results if r.meta.get("overrides")}
+    if (note := overrides.caption_note(changed)) is not None:
+        notes.append(note)
     return notes
+
+
+def check_one_backbone(results: Sequence[CellResult], table: str) -> None:
+    """A table never mixes cells of two backbones: the LLM rows' configs must name one
+    model (by its sha256 where pinned, else by the whole backbone config)."""
+    seen: dict[str, str] = {}
+    for r in results:
+        bb = (r.meta.get("config") or {}).get("backbone")
+        if isinstance(bb, dict):
+            ident = str(bb.get("sha256") or sorted(bb.items()))
+            seen.setdefault(ident, f"{bb.get('label', '?')} ({r.system} on {r.dataset})")
+    if len(seen) > 1:
+        raise OutputError(f"table {table!r} would mix cells of {len(seen)} backbones: "
+                          f"{'; '.join(seen.values())}; rerun its LLM rows with one "
+                          "--backbone (or write to another --out)")
 
 
 def failure_note(failures: Iterable[tuple[str, str]]) -> str:
@@ -45,6 +63,7 @@ def failure_note(failures: Iterable[tuple[str, str]]) -> str:
 
 def render_run(run: TableRun, reference: str | None = None) -> dict[str, Path]:
     """Write the files of a table run (`bench.runner.run_table(render=...)`)."""
+    check_one_backbone(run.results, run.table)
     notes = caption_notes(run.results)
     if run.failures:
         notes.append(failure_note((f.label, f.error) for f in run.failures))
@@ -92,6 +111,7 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
         if not chosen:
             raise OutputError(f"no stored cells for table {t!r} under {out}; run `python -m "
                               f"bench run --table {t} --out {out}` first")
+        check_one_backbone(chosen, t)
         notes = caption_notes(chosen)
         if failed:
             notes.append(failure_note((f["label"], f["error"]) for f in failed))

@@ -1,0 +1,147 @@
+"""The backbone is identified by its weights, in every cell key and artifact key: two
+checkpoints of one config, or a checkpoint replaced at the same path, never share a
+cell or a LoRA; a backbone that is not there is an error, not a cached table."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.runner import Variant, run_table
+from molorec import backbone as B
+from molorec import identity
+from molorec.profiles import PROFILES
+from molorec.systems import TALLRec
+from protocols.errors import OptionError
+from protocols.files import load_protocol
+from reports.publish import publish_table
+from tests.models import save_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+LLM = ["Backbone", "TALLRec", "MoLoRec-S"]
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """(protocol titles' checkpoints A and B: same config and tokenizer, other weights;
+    the results directory the smoke protocols are built in)."""
+    root = tmp_path_factory.mktemp("identity")
+    out = root / "out"
+    run_table("warm", "smoke", out, systems=["Random"], log=lambda s: None)
+    titles = load_protocol(next((out / "protocols").rglob("manifest.json")).parent).data.titles
+    texts = sorted(titles.values())
+    a = save_checkpoint(root / "ckpt-a", texts, seed=1)
+    b = save_checkpoint(root / "ckpt-b", texts, seed=2)
+    return a, b, out
+
+
+def _cells(out: Path) -> dict[str, dict]:
+    return {p.parent.parent.name: json.loads(p.read_text())
+            for p in (out / "cells").rglob("cell.json")}
+
+
+def _loras(out: Path) -> set[str]:
+    base = out / "cache" / "molorec"
+    return {f"{p.parent.name}/{p.name}" for p in base.glob("lora-*/*") if p.is_dir()}
+
+
+def test_same_config_other_weights_is_another_backbone(checkpoints):
+    a, b, _ = checkpoints
+    assert json.loads((a / "config.json").read_text()) == json.loads(
+        (b / "config.json").read_text())
+    assert identity.model_sha256(a) != identity.model_sha256(b)
+    cfg = PROFILES["tallrec"]["paper"]
+    pa, pb = TALLRec.configure(cfg, str(a)), TALLRec.configure(cfg, str(b))
+    assert pa["backbone"]["sha256"] != pb["backbone"]["sha256"]
+    assert pa["backbone"]["label"] == "ckpt-a"  # from the model, not "Qwen2-7B"
+
+
+def test_hashes_are_remembered_and_a_replaced_file_is_hashed_again(checkpoints, tmp_path,
+                                                                  monkeypatch):
+    a, b, _ = checkpoints
+    ckpt = shutil.copytree(a, tmp_path / "ckpt")
+    calls = []
+    real = identity.file_sha256
+    monkeypatch.setattr(identity, "file_sha256", lambda p: calls.append(p) or real(p))
+    first = identity.model_sha256(ckpt)
+    n = len(calls)
+    assert n >= 3  # weights, config, tokenizer
+    assert identity.model_sha256(ckpt) == first and len(calls) == n  # remembered
+    shutil.copy2(b / "model.safetensors", ckpt / "model.safetensors")  # same size
+    assert identity.model_sha256(ckpt) == identity.model_sha256(b) != first
+    assert [Path(p).name for p in calls[n:]] == ["model.safetensors"]
+
+
+def test_the_environment_variable_feeds_the_same_identity(checkpoints, monkeypatch):
+    a, b, _ = checkpoints
+    cfg = PROFILES["tallrec"]["paper"]
+    monkeypatch.setenv("MOLOREC_BACKBONE_PATH", str(a))
+    pa = TALLRec.configure(cfg)
+    monkeypatch.setenv("MOLOREC_BACKBONE_PATH", str(b))
+    pb = TALLRec.configure(cfg)
+    assert pa["backbone"]["sha256"] == identity.model_sha256(a)
+    assert pb["backbone"]["sha256"] == identity.model_sha256(b)
+    assert pa["backbone"]["path"] == str(a.resolve())
+    monkeypatch.setenv("MOLOREC_BACKBONE_PATH", "/nonexistent/model")
+    with pytest.raises(B.BackboneError, match="nonexistent"):
+        TALLRec.configure(cfg)
+    # a pinned config read back by a worker uses its own path, not the environment
+    monkeypatch.setenv("MOLOREC_BACKBONE_PATH", str(b))
+    bb = B.ensure_backbone(pa["backbone"], (), {}, Path("."))
+    assert Path(bb.path) == a.resolve()
+
+
+def test_switching_or_replacing_the_backbone_recomputes_every_llm_cell_and_lora(
+        checkpoints, tmp_path):
+    a, b, out = checkpoints
+    ckpt = shutil.copytree(a, tmp_path / "model")  # the path every run names
+    systems = ["Random", *LLM]
+
+    def run(force=False):
+        res = run_table("warm", "smoke", out, systems=systems, force=force,
+                        log=lambda s: None, variant=Variant(str(ckpt)))
+        assert not res.failures, res.failures
+        return _cells(out), _loras(out)
+
+    cells_a, loras_a = run()
+    assert {c["config"]["backbone"]["sha256"] for n, c in cells_a.items() if n in LLM} == {
+        identity.model_sha256(a)}
+    assert cells_a["Backbone"]["system"] == "model"  # the row is named after the model
+    again, _ = run()
+    assert {n: c["key"] for n, c in again.items()} == {n: c["key"] for n, c in cells_a.items()}
+
+    # the same path, other weights (a new snapshot): every LLM cell and LoRA anew
+    shutil.rmtree(ckpt)
+    shutil.copytree(b, ckpt)
+    for force in (False, True):
+        cells_b, loras_b = run(force)
+        for n in LLM:
+            assert cells_b[n]["key"] != cells_a[n]["key"], n
+            assert cells_b[n]["config"]["backbone"]["sha256"] == identity.model_sha256(b)
+        assert cells_b["Random"]["key"] == cells_a["Random"]["key"]
+        assert len(loras_b) == 2 * len(loras_a) and loras_a < loras_b
+        tallrec_b = cells_b["TALLRec"]["describe"]["adapters"]
+        assert tallrec_b != cells_a["TALLRec"]["describe"]["adapters"]  # trained on B
+
+
+def test_a_missing_backbone_is_an_error_before_anything_is_written(checkpoints, tmp_path):
+    out = tmp_path / "never"
+    with pytest.raises(OptionError, match="nonexistent"):
+        publish_table("warm", "smoke", out, systems=["TALLRec"],
+                      variant=Variant("/nonexistent/model"), log=lambda s: None)
+    assert not out.exists()
+    with pytest.raises(OptionError, match="no such .gguf"):
+        run_table("warm", "smoke", out, systems=["TALLRec"],
+                  variant=Variant(str(tmp_path / "missing.gguf")), log=lambda s: None)
+    proc = subprocess.run([sys.executable, "-m", "bench", "run", "--table", "warm",
+                           "--profile", "smoke", "--systems", "TALLRec", "--out", str(out),
+                           "--backbone", "/nonexistent/model"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[0]]
+    assert proc.stderr.startswith("error: backbone '/nonexistent/model'")

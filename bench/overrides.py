@@ -87,8 +87,10 @@ def _check_type(o: Override, old: Any, who: str) -> None:
     if isinstance(old, Mapping):
         raise OptionError(f"--set {o.text}: {who} {o.dotted} is a section; set one of its "
                           f"settings ({', '.join(leaf_paths(old, o.dotted + '.')[:6])})")
+    numeric = _is_number(old) or (isinstance(old, list) and bool(old)
+                                   and all(_is_number(x) for x in old))
     numbers = [new] if not isinstance(new, list) else new
-    if _is_number(old) and not all(_is_number(x) for x in numbers):
+    if numeric and not (numbers and all(_is_number(x) for x in numbers)):
         raise OptionError(f"--set {o.text}: {who} {o.dotted} is a number ({old!r})")
     if isinstance(old, bool) and not isinstance(new, bool):
         raise OptionError(f"--set {o.text}: {who} {o.dotted} is true or false ({old!r})")

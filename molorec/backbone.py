@@ -217,9 +217,16 @@ def relocate(cfg: dict[str, Any], spec: str) -> dict[str, Any]:
 def _check_pinned(cfg: dict[str, Any]) -> dict[str, Any]:
     """Pin `cfg`; a config pinned already (a cell's) must still name the same model."""
     want = cfg.get("sha256")
-    got = pin(cfg, env=want is None)
+    where = cfg.get("path") or cfg.get("file") or cfg.get("package")
+    try:
+        got = pin(cfg, env=want is None)
+    except BackboneError:
+        if want is None:
+            raise
+        raise BackboneError(
+            f"the backbone this was computed with ({cfg.get('label')}, sha256 {want[:12]}) "
+            f"is not at {where!r} any more: give where it is now with --backbone") from None
     if want is not None and got.get("sha256") != want:
-        where = cfg.get("path") or cfg.get("file") or cfg.get("package")
         raise BackboneError(
             f"backbone {where!r} is not the model this was keyed on (sha256 {str(want)[:12]}, "
             f"found {str(got.get('sha256'))[:12]}): it changed since; rerun the table (or give "

@@ -17,9 +17,9 @@ from molorec import backbone as B
 from molorec import identity
 from molorec.profiles import PROFILES
 from molorec.systems import TALLRec
-from protocols.errors import OptionError
+from protocols.errors import OptionError, OutputError
 from protocols.files import load_protocol
-from reports.publish import publish_table
+from reports.publish import publish_table, rebuild
 from tests.models import save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,3 +145,34 @@ def test_a_missing_backbone_is_an_error_before_anything_is_written(checkpoints, 
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip().splitlines()[0]]
     assert proc.stderr.startswith("error: backbone '/nonexistent/model'")
+
+
+def test_label_and_caption_come_from_the_model_and_tables_never_mix(checkpoints, tmp_path):
+    a, b, _ = checkpoints
+    out = tmp_path / "out"
+    res = publish_table("warm", "smoke", out, systems=["Backbone"],
+                        variant=Variant(str(a), "MyLM"), log=lambda s: None)
+    assert "| MyLM |" in res.markdown and "LLM rows run on MyLM" in res.markdown
+    assert "TinyQwen2" not in res.markdown
+    res = publish_table("warm", "smoke", out, systems=["Backbone"], variant=Variant(str(b)),
+                        log=lambda s: None)
+    assert "| ckpt-b |" in res.markdown and "LLM rows run on ckpt-b" in res.markdown
+    publish_table("warm", "smoke", out, systems=["TALLRec"], variant=Variant(str(a)),
+                  log=lambda s: None)
+    with pytest.raises(OutputError, match="mix cells of 2 backbones"):
+        rebuild(out, "warm", log=lambda s: None)
+
+
+def test_figures_and_explain_find_a_moved_backbone_by_its_hash(checkpoints, tmp_path):
+    a, b, _ = checkpoints
+    cfg = TALLRec.configure(PROFILES["tallrec"]["paper"], str(a))["backbone"]
+    moved = shutil.copytree(a, tmp_path / "moved")
+    found = B.relocate(cfg, str(moved))
+    assert found["path"] == str(moved.resolve()) and found["sha256"] == cfg["sha256"]
+    assert found["label"] == cfg["label"] == "ckpt-a"
+    with pytest.raises(B.BackboneError, match="not the model the cells were computed with"):
+        B.relocate(cfg, str(b))
+    shutil.rmtree(moved)
+    with pytest.raises(B.BackboneError, match="not at .*moved' any more: give where it is "
+                                              "now with --backbone"):
+        B.ensure_backbone(found, (), {}, tmp_path)

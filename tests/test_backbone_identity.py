@@ -176,3 +176,45 @@ def test_figures_and_explain_find_a_moved_backbone_by_its_hash(checkpoints, tmp_
     with pytest.raises(B.BackboneError, match="not at .*moved' any more: give where it is "
                                               "now with --backbone"):
         B.ensure_backbone(found, (), {}, tmp_path)
+
+
+def test_explain_and_figures_take_the_backbone_where_it_moved(checkpoints, tmp_path, capsys):
+    from bench import cli
+
+    a, _, _ = checkpoints
+    model = shutil.copytree(a, tmp_path / "model")
+    out = tmp_path / "out"
+    res = publish_table("warm", "smoke", out, systems=["MoLoRec"], variant=Variant(str(model)),
+                        log=lambda s: None)
+    assert not res.failures, res.failures
+    user = res.results[0].users[0]
+    moved = model.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert cli.main(["explain", "--out", str(out), "--user", user]) == 2
+    err = capsys.readouterr().err
+    assert "any more: give where it is now with --backbone" in err and err.count("\n") == 1
+    assert cli.main(["explain", "--out", str(out), "--user", user,
+                     "--backbone", str(moved)]) == 0
+    assert "MoLoRec on model" in capsys.readouterr().out
+    assert cli.main(["figures", "--out", str(out), "--figures", "5", "--prompts", "5",
+                     "--settings", "warm", "--backbone", str(moved)]) == 0
+    assert cli.main(["explain", "--out", str(out), "--user", user,
+                     "--backbone", str(checkpoints[1])]) == 2
+    assert "not the model the cells were computed with" in capsys.readouterr().err
+
+
+def test_molorec_train_builds_the_artifacts_a_backbone_run_looks_for(checkpoints, tmp_path):
+    from molorec import train
+
+    a = checkpoints[0]
+    work = tmp_path / "run"
+    run_table("warm", "smoke", work, systems=["Random"], log=lambda s: None)  # the protocol
+    proto = next((work / "protocols").rglob("manifest.json")).parent
+    args = ["--protocol", str(proto), "--workdir", str(work / "cache"), "--profile", "smoke",
+            "--system", "TALLRec", "--backbone", str(a), "--set", "TALLRec.lora.r=4"]
+    assert train.main(args) == 0
+    built = _loras(work)
+    assert len(built) == 1
+    res = run_table("warm", "smoke", work, systems=["TALLRec"], log=lambda s: None,
+                    variant=Variant(str(a), overrides=("TALLRec.lora.r=4",)))
+    assert not res.failures and _loras(work) == built  # found, not trained again

@@ -215,6 +215,8 @@ class _LLMSystem(System):
                            if self.vocab_mode == "titles" else ""),
                "generate": "generate mode: greedy decoding parsed against the candidate "
                            "titles; an answer naming no candidate is a miss"}[self.mode]
+        if sha := self.info.get("backbone_sha256"):
+            backend = f"weights sha256 {sha[:12]}, {backend}"
         return (f"LLM rows run on {self.info.get('backbone', '?')} ({backend}) and rank the "
                 f"30 candidates in {how}; TALLRec by logit(Yes) - logit(No)")
 

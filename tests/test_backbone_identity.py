@@ -156,7 +156,9 @@ def test_label_and_caption_come_from_the_model_and_tables_never_mix(checkpoints,
     assert "TinyQwen2" not in res.markdown
     res = publish_table("warm", "smoke", out, systems=["Backbone"], variant=Variant(str(b)),
                         log=lambda s: None)
-    assert "| ckpt-b |" in res.markdown and "LLM rows run on ckpt-b" in res.markdown
+    assert "| ckpt-b |" in res.markdown
+    assert f"LLM rows run on ckpt-b (weights sha256 {identity.model_sha256(b)[:12]}, hf " \
+           "backend" in res.markdown
     publish_table("warm", "smoke", out, systems=["TALLRec"], variant=Variant(str(a)),
                   log=lambda s: None)
     with pytest.raises(OutputError, match="mix cells of 2 backbones"):

@@ -37,6 +37,23 @@ def pretrain_key(cfg: dict[str, Any], fine_tuning: Sequence[str], seed: int,
             **{k: digest(v) for k, v in extra.items()}}
 
 
+def pin_text_model(config: dict[str, Any], key: str = "text_model") -> dict[str, Any]:
+    """`config` with the sha256 of the text model it names (`<key>_sha256`; see
+    bench.identity), for System.configure: the cell key then covers the model's files,
+    not only its name or path (`--set UniSRec.text_model=DIR`). A model that cannot be
+    found is left unpinned: the cell fails with what to do, the other rows run."""
+    spec = config.get(key)
+    if spec == "random":  # P5's from-scratch T5
+        return config
+    try:
+        path = text_encoder.resolve_model_dir(spec)
+    except RuntimeError:
+        return config
+    from bench.identity import model_sha256
+
+    return {**config, f"{key}_sha256": model_sha256(path)}
+
+
 def text_model_key(cfg: dict[str, Any]) -> str:
     """Content hash of the configured text model's files (for `pretrain_key`)."""
     return text_encoder.model_digest(str(text_encoder.resolve_model_dir(cfg["text_model"])))

@@ -30,6 +30,7 @@ from baselines._textseq import (
     ItemVocab,
     Workspace,
     batches,
+    pin_text_model,
     pretrain_key,
 )
 from baselines.common import EarlyStopping, device_for
@@ -195,6 +196,12 @@ class P5(System):
         "paper": {"t5": "t5-small", "max_hist": 20, "batch_size": 32, "lr": 1e-3,
                   "per_user": 1000000, "pretrain_epochs": 10, "epochs": 10, "patience": 3},
     }
+
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config, "t5")
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)

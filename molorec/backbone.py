@@ -267,7 +267,9 @@ def _tiny(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str
         raise ValueError(f"tiny backbone head_dim must be {TINY_HEAD_DIM}")
     if not general:
         raise ValueError("the tiny backbone is pretrained on the general corpus, which is empty")
-    key = {"what": "tiny-backbone", "text": PRETRAIN_TEXT, "config": cfg,
+    # the label names the row, it builds nothing (`--backbone-label` retrains nothing)
+    key = {"what": "tiny-backbone", "text": PRETRAIN_TEXT,
+           "config": {k: v for k, v in cfg.items() if k != "label"},
            "template": template_hash(),
            "general": sequences_digest(general, titles)}
     path = cached_dir(workdir, "backbone", key,

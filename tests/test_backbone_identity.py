@@ -220,3 +220,50 @@ def test_molorec_train_builds_the_artifacts_a_backbone_run_looks_for(checkpoints
     res = run_table("warm", "smoke", work, systems=["TALLRec"], log=lambda s: None,
                     variant=Variant(str(a), overrides=("TALLRec.lora.r=4",)))
     assert not res.failures and _loras(work) == built  # found, not trained again
+
+
+def test_a_model_in_the_hugging_face_cache_is_found_by_its_id(checkpoints, tmp_path,
+                                                               monkeypatch):
+    import huggingface_hub.constants as hf
+
+    a = checkpoints[0]
+    repo = tmp_path / "hub" / "models--acme--Tiny-Chat-1B"
+    shutil.copytree(a, repo / "snapshots" / "abc123")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(hf, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    cfg = TALLRec.configure(PROFILES["tallrec"]["smoke"], "acme/Tiny-Chat-1B")["backbone"]
+    assert cfg["kind"] == "pretrained" and cfg["path"] == "acme/Tiny-Chat-1B"
+    assert cfg["label"] == "Tiny-Chat-1B" and cfg["sha256"] == identity.model_sha256(a)
+    snapshot = repo / "snapshots" / "abc123"
+    assert B.from_option(str(snapshot), None, {})["label"] == "Tiny-Chat-1B"
+    with pytest.raises(B.BackboneError, match="nothing is downloaded"):
+        TALLRec.configure(PROFILES["tallrec"]["smoke"], "acme/Not-Cached")
+
+
+def test_a_gguf_file_is_keyed_by_its_sha256(tmp_path, monkeypatch):
+    f = tmp_path / "my-model-Q4.gguf"
+    f.write_bytes(b"GGUF one")
+    cfg = TALLRec.configure(PROFILES["tallrec"]["cpu"], str(f))["backbone"]
+    assert (cfg["kind"], cfg["file"], cfg["label"]) == ("gguf", str(f), "my-model-Q4")
+    first = cfg["sha256"]
+    f.write_bytes(b"GGUF two")
+    assert TALLRec.configure(PROFILES["tallrec"]["cpu"], str(f))["backbone"]["sha256"] != first
+    monkeypatch.setenv("MOLOREC_GGUF_PATH", str(f))  # the old variable: the same identity
+    env = TALLRec.configure(PROFILES["tallrec"]["cpu"])["backbone"]
+    assert env["file"] == str(f) and env["sha256"] == identity.model_sha256(f)
+    monkeypatch.setenv("MOLOREC_GGUF_PATH", str(tmp_path / "gone.gguf"))
+    with pytest.raises(B.BackboneError, match="does not exist"):
+        TALLRec.configure(PROFILES["tallrec"]["cpu"])
+
+
+def test_a_label_alone_names_the_row_and_builds_nothing(tmp_path):
+    from molorec.testing import micro_config, synthetic
+
+    data = synthetic()[0]
+    cfg = micro_config("backbone")["backbone"]
+    one = B.ensure_backbone(cfg, data.general, data.titles, tmp_path)
+    two = B.ensure_backbone(TALLRec.configure({"backbone": cfg}, None, "Mine")["backbone"],
+                            data.general, data.titles, tmp_path)
+    assert (one.label, two.label) == ("TinyQwen2", "Mine")
+    assert one.key == two.key and one.path == two.path

@@ -33,8 +33,27 @@ def pretrain_key(cfg: dict[str, Any], fine_tuning: Sequence[str], seed: int,
     model's files...; bulky values enter as digests). Equal keys mean equal pretraining,
     so cells share the weights."""
     return {"v": CODE_VERSION, "seed": seed, "general": sequences_digest(data.general),
-            "cfg": {k: v for k, v in cfg.items() if k not in fine_tuning},
+            # a pinned text model's sha256 (pin_text_model) is `extra`'s model digest already
+            "cfg": {k: v for k, v in cfg.items()
+                    if k not in fine_tuning and not k.endswith("_sha256")},
             **{k: digest(v) for k, v in extra.items()}}
+
+
+def pin_text_model(config: dict[str, Any], key: str = "text_model") -> dict[str, Any]:
+    """`config` with the sha256 of the text model it names (`<key>_sha256`; see
+    bench.identity), for System.configure: the cell key then covers the model's files,
+    not only its name or path (`--set UniSRec.text_model=DIR`). A model that cannot be
+    found is left unpinned: the cell fails with what to do, the other rows run."""
+    spec = config.get(key)
+    if spec == "random":  # P5's from-scratch T5
+        return config
+    try:
+        path = text_encoder.resolve_model_dir(spec)
+    except RuntimeError:
+        return config
+    from bench.identity import model_sha256
+
+    return {**config, f"{key}_sha256": model_sha256(path)}
 
 
 def text_model_key(cfg: dict[str, Any]) -> str:
@@ -93,19 +112,19 @@ class ItemVocab:
         return mask
 
 
-def with_padding_row(vec: np.ndarray) -> torch.Tensor:
+def with_padding_row(vec: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
     """Item vectors (n, d) as a table indexed by vocabulary row: row 0 (padding) is zero."""
-    return torch.cat([torch.zeros(1, vec.shape[1]), torch.from_numpy(vec)])
+    return torch.cat([torch.zeros(1, vec.shape[1]), torch.from_numpy(vec)]).to(device)
 
 
-def softmax_pool(vocab: ItemVocab, seqs: Sequence[UserSequence]
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def softmax_pool(vocab: ItemVocab, seqs: Sequence[UserSequence],
+                 device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """Rows of the items seen in `seqs` (the fine-tuning softmax runs over these) and a
     map from vocabulary row to position in that pool (-1 for items outside it)."""
     pool = torch.nonzero(torch.from_numpy(vocab.seen_mask(seqs))).squeeze(1)
     remap = torch.full((len(vocab),), -1, dtype=torch.long)
     remap[pool] = torch.arange(len(pool))
-    return pool, remap
+    return pool.to(device), remap.to(device)
 
 
 def freeze(*modules: nn.Module) -> None:
@@ -113,6 +132,11 @@ def freeze(*modules: nn.Module) -> None:
     for m in modules:
         for p in m.parameters():
             p.requires_grad_(False)
+
+
+def on(device: torch.device, *arrays: np.ndarray) -> tuple[torch.Tensor, ...]:
+    """numpy arrays as tensors on `device`."""
+    return tuple(torch.from_numpy(a).to(device) for a in arrays)
 
 
 def next_item_windows(seqs: Sequence[UserSequence], vocab: ItemVocab, max_len: int
@@ -189,13 +213,14 @@ class CausalEncoder(nn.Module):
         length = x.shape[1]
         x = x + self.position.weight[:length].unsqueeze(0)
         x = self.dropout(self.norm(x))
-        mask = torch.triu(torch.ones(length, length, dtype=torch.bool), diagonal=1)
+        mask = torch.triu(torch.ones(length, length, dtype=torch.bool, device=x.device),
+                          diagonal=1)
         return self.blocks(x, mask=mask)
 
 
 def last_state(h: torch.Tensor, lens: torch.Tensor) -> torch.Tensor:
     """State at each row's last real position (position 0 for an empty history)."""
-    return h[torch.arange(len(h)), (lens - 1).clamp_min(0)]
+    return h[torch.arange(len(h), device=h.device), (lens - 1).clamp_min(0)]
 
 
 def cosine_scores(requests: Sequence[ScoreRequest], vocab: ItemVocab, max_len: int,
@@ -210,12 +235,13 @@ def cosine_scores(requests: Sequence[ScoreRequest], vocab: ItemVocab, max_len: i
     out = np.zeros(cand.shape, dtype=np.float64)
     with torch.no_grad():
         items = item_table()
+        dev = items.device
         unit = nn.functional.normalize(items, dim=-1)
         for idx in batches(len(requests), 512):
-            seq = last_state(states(torch.from_numpy(hist[idx]), items),
-                             torch.from_numpy(lens[idx]))
-            c = unit[torch.from_numpy(cand[idx])]  # (b, n_candidates, d)
-            out[idx] = torch.einsum("bd,bcd->bc", seq, c).double().numpy()
+            seq = last_state(states(torch.from_numpy(hist[idx]).to(dev), items),
+                             torch.from_numpy(lens[idx]).to(dev))
+            c = unit[torch.from_numpy(cand[idx]).to(dev)]  # (b, n_candidates, d)
+            out[idx] = torch.einsum("bd,bcd->bc", seq, c).double().cpu().numpy()
     return out
 
 
@@ -231,7 +257,7 @@ def sample_queries(states: torch.Tensor, targets: torch.Tensor, n: int,
     """Up to `n` random positions that have a target: (their states, their targets).
     Pretraining contrasts these against in-batch items instead of every position."""
     q = torch.nonzero(targets > 0)
-    q = q[torch.randperm(len(q), generator=gen)[:n]]
+    q = q[torch.randperm(len(q), generator=gen)[:n].to(q.device)]  # `gen` draws on the CPU
     return states[q[:, 0], q[:, 1]], targets[q[:, 0], q[:, 1]]
 
 
@@ -240,6 +266,6 @@ def masked_contrastive(query: torch.Tensor, keys: torch.Tensor, same: torch.Tens
     """In-batch InfoNCE: query i's positive is keys i; other keys with the same target
     (`same`, diagonal excluded) are dropped from the negatives. Inputs are L2-normalized."""
     logits = query @ keys.T / temperature
-    off_diag = same & ~torch.eye(len(same), dtype=torch.bool)
+    off_diag = same & ~torch.eye(len(same), dtype=torch.bool, device=same.device)
     logits = logits.masked_fill(off_diag, float("-inf"))
-    return nn.functional.cross_entropy(logits, torch.arange(len(query)))
+    return nn.functional.cross_entropy(logits, torch.arange(len(query), device=query.device))

@@ -14,6 +14,18 @@ import torch
 from torch import nn
 
 
+def device_for(config: dict) -> torch.device:
+    """The device a trained baseline runs on: the config's `device` when given (tests,
+    or a caller that pins one), else this process's GPU where there is one (a Dask
+    worker offering `GPU=1` sees its own; `uses_gpu` asks for one), else the CPU.
+    Random draws of the CPU's generators are moved, not redrawn, so a CPU run gives the
+    same numbers as before."""
+    requested = config.get("device")
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 class EarlyStopping:
     """Keep the module state with the best validation score; stop after `patience`
     evaluations without improvement (ties do not improve)."""

@@ -30,9 +30,10 @@ from baselines._textseq import (
     ItemVocab,
     Workspace,
     batches,
+    pin_text_model,
     pretrain_key,
 )
-from baselines.common import EarlyStopping
+from baselines.common import EarlyStopping, device_for
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation
 from bench.seeding import seed_everything
 from protocols.digest import digest
@@ -116,6 +117,10 @@ class P5Net(nn.Module):
         self.whole_word = nn.Embedding(cfg["max_hist"] + 2, self.t5.config.d_model)
         nn.init.zeros_(self.whole_word.weight)
 
+    @property
+    def device(self) -> torch.device:
+        return self.whole_word.weight.device
+
     def prompt(self, template: int, user: str, items: Sequence[str]) -> tuple[list[int], list[int]]:
         """(token ids, whole-word ids) of a filled template; ID pieces share a word id."""
         ids: list[int] = []
@@ -147,6 +152,7 @@ class P5Net(nn.Module):
             ww[n, :len(w)] = torch.tensor(w)
         mask = (torch.arange(length).unsqueeze(0) <
                 torch.tensor([len(p[0]) for p in prompts]).unsqueeze(1)).long()
+        ids, ww, mask = ids.to(self.device), ww.to(self.device), mask.to(self.device)
         emb = self.t5.get_input_embeddings()(ids) + self.whole_word(ww)
         enc = self.t5.get_encoder()(inputs_embeds=emb, attention_mask=mask)
         return enc.last_hidden_state, mask
@@ -156,7 +162,7 @@ class P5Net(nn.Module):
         """Sum of teacher-forced log p(target tokens) per row; targets (B, T) end in EOS
         and are right-padded with -100."""
         start = torch.full((len(targets), 1), self.t5.config.decoder_start_token_id,
-                           dtype=torch.long)
+                           dtype=torch.long, device=targets.device)
         dec_in = torch.cat([start, targets[:, :-1].clamp_min(0)], 1)
         out = self.t5(encoder_outputs=(hidden,), attention_mask=mask,
                       decoder_input_ids=dec_in)
@@ -178,6 +184,7 @@ class P5(System):
     name = "P5"
     group = "LLM-Based"
     full_ranking_reason = "it scores each candidate's item code with a T5 decoder pass"
+    uses_gpu: ClassVar[bool] = True  # T5 is trained on it
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"t5": "random", "d_model": 32, "d_ff": 64, "layers": 1, "heads": 2,
                   "dropout": 0.1, "max_hist": 5, "batch_size": 64, "lr": 3e-3, "per_user": 3,
@@ -191,13 +198,24 @@ class P5(System):
                   "per_user": 1000000, "pretrain_epochs": 10, "epochs": 10, "patience": 3},
     }
 
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config, "t5")
+
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)
         self.ws = Workspace(workdir)
         self.net: P5Net | None = None
         self.item_code: dict[str, str] = {}
         self.user_code: dict[str, str] = {}
-        self.info: dict[str, Any] = {}
+        self.device = device_for(self.config)
+        self.info: dict[str, Any] = {"device": self.device.type}
+
+    def _net(self, width: int) -> P5Net:
+        """A new network on this system's device."""
+        return P5Net(self.config, width).to(self.device)
 
     def _samples(self, seqs: Sequence[UserSequence], rng: np.random.Generator
                  ) -> list[tuple[list[int], list[int], list[int]]]:
@@ -227,8 +245,9 @@ class P5(System):
             net.train()
             for idx in batches(len(samples), cfg["batch_size"], rng):
                 hidden, mask = net.encode([samples[i][:2] for i in idx])
-                tgt = pad_targets([samples[i][2] for i in idx])
-                start = torch.full((len(idx), 1), net.t5.config.decoder_start_token_id)
+                tgt = pad_targets([samples[i][2] for i in idx]).to(self.device)
+                start = torch.full((len(idx), 1), net.t5.config.decoder_start_token_id,
+                                   device=self.device)
                 dec_in = torch.cat([start, tgt[:, :-1].clamp_min(0)], 1)
                 logits = net.t5(encoder_outputs=(hidden,), attention_mask=mask,
                                 decoder_input_ids=dec_in).logits
@@ -252,7 +271,7 @@ class P5(System):
                        | {r.user for r in valid.requests})
         self.user_code = id_strings(users, self.seed, 12)
         width = max(len(c) for c in self.item_code.values())
-        self.net = P5Net(cfg, width)
+        self.net = self._net(width)
         if data.general and cfg["pretrain_epochs"] > 0:
             key = pretrain_key(cfg, ("epochs", "patience"), self.seed, data, items=vocab.ids,
                                users=users)
@@ -302,10 +321,10 @@ class P5(System):
                 cands = [self.candidate_ids(requests[i]) for i in idx]
                 if any(len(c) != n_c for c in cands):
                     raise ValueError("requests have different numbers of candidates")
-                tgt = pad_targets([c for cs in cands for c in cs])
-                rep = torch.arange(len(idx)).repeat_interleave(n_c)
+                tgt = pad_targets([c for cs in cands for c in cs]).to(hidden.device)
+                rep = torch.arange(len(idx), device=hidden.device).repeat_interleave(n_c)
                 lp = net.target_logprob(hidden[rep], mask[rep], tgt)
-                out[idx] = lp.view(len(idx), n_c).double().numpy()
+                out[idx] = lp.view(len(idx), n_c).double().cpu().numpy()
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -34,11 +34,12 @@ from baselines._textseq import (
     ItemVocab,
     Workspace,
     batches,
+    pin_text_model,
     pretrain_key,
     softmax_pool,
     text_model_key,
 )
-from baselines.common import EarlyStopping
+from baselines.common import EarlyStopping, device_for
 from bench.api import ScoreRequest, System, TrainData, UserSequence, Validation
 from bench.seeding import seed_everything
 from protocols.digest import digest
@@ -81,6 +82,10 @@ class RecFormerNet(nn.Module):
                     p.requires_grad_(False)
         self.item_tokens: list[tuple[list[int], list[int]]] = []
 
+    @property
+    def device(self) -> torch.device:
+        return self.item_pos.weight.device
+
     def tokenize_items(self, texts: Sequence[str]) -> None:
         """Token ids and types of every item's "key value ..." text (row 0 = padding)."""
         budget = self.cfg["max_item_tokens"]
@@ -119,7 +124,7 @@ class RecFormerNet(nn.Module):
             out["types"][n, :len(ids)] = torch.tensor(types)
             out["item_pos"][n, :len(ids)] = torch.tensor(pos)
             out["mask"][n, :len(ids)] = 1
-        return out
+        return {k: v.to(self.device) for k, v in out.items()}
 
     def hidden(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         words = self.enc.get_input_embeddings()(batch["input_ids"])
@@ -145,13 +150,15 @@ class RecFormerNet(nn.Module):
         """BERT-style masked-token loss on the non-CLS tokens of a batch."""
         ids = batch["input_ids"].clone()
         cand = (batch["mask"] == 1) & (batch["types"] != CLS_TYPE)
-        pick = cand & (torch.rand(ids.shape, generator=gen) < self.cfg["mlm_prob"])
+        # drawn on the CPU's generator, then moved: the same draws on any device
+        pick = cand & (torch.rand(ids.shape, generator=gen) < self.cfg["mlm_prob"]
+                       ).to(ids.device)
         if not pick.any():
-            return torch.zeros(())
-        r = torch.rand(ids.shape, generator=gen)
+            return torch.zeros((), device=ids.device)
+        r = torch.rand(ids.shape, generator=gen).to(ids.device)
         vocab = self.enc.config.vocab_size
         ids[pick & (r < 0.8)] = self.tok.mask_token_id
-        rand_tok = torch.randint(0, vocab, ids.shape, generator=gen)
+        rand_tok = torch.randint(0, vocab, ids.shape, generator=gen).to(ids.device)
         swap = pick & (r >= 0.8) & (r < 0.9)
         ids[swap] = rand_tok[swap]
         h = self.hidden({**batch, "input_ids": ids})[pick]
@@ -163,7 +170,7 @@ class RecFormerNet(nn.Module):
         """I: unit vectors of item rows 1..n_rows - 1 (row 0 = zeros)."""
         was = self.training
         self.eval()
-        out = [torch.zeros(1, self.enc.config.hidden_size)]
+        out = [torch.zeros(1, self.enc.config.hidden_size, device=self.device)]
         for s in range(1, n_rows, batch):
             out.append(self.encode([[r] for r in range(s, min(n_rows, s + batch))]))
         self.train(was)
@@ -192,6 +199,7 @@ class RecFormer(System):
     name = "RecFormer"
     group = "LLM-Based"
     full_ranking = True  # scores every item cheaply (--negatives all)
+    uses_gpu: ClassVar[bool] = True  # the text model is trained on it
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"text_model": "minilm", "n_layers": 1, "pooling": "mean", "max_items": 4,
                   "max_item_tokens": 12, "max_tokens": 48, "temperature": 0.05,
@@ -214,18 +222,29 @@ class RecFormer(System):
                   "stage2_epochs": 16, "patience": 5},
     }
 
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config)
+
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)
         self.ws = Workspace(workdir)
         self.net: RecFormerNet | None = None
         self.vocab: ItemVocab | None = None
-        self.info: dict[str, Any] = {}
+        self.device = device_for(self.config)
+        self.info: dict[str, Any] = {"device": self.device.type}
+
+    def _net(self) -> RecFormerNet:
+        """A new network (the text model loaded) on this system's device."""
+        return RecFormerNet(self.config).to(self.device)
 
     def fit(self, data: TrainData, valid: Validation) -> None:
         cfg = self.config
         seed_everything(self.seed)
         self.vocab = ItemVocab(data.titles)
-        self.net = RecFormerNet(cfg)
+        self.net = self._net()
         self.net.tokenize_items(self.vocab.texts)
         if data.general and cfg["pretrain_epochs"] > 0:
             fine_tuning = ("per_user", "stage1_epochs", "stage2_epochs", "patience")
@@ -253,9 +272,11 @@ class RecFormer(System):
                 seq = net.pool(net.hidden(batch), batch)
                 items = net.encode([[int(t)] for t in y])  # the same encoder
                 logits = seq @ items.T / cfg["temperature"]
-                same = (y.unsqueeze(0) == y.unsqueeze(1)) & ~torch.eye(len(y), dtype=torch.bool)
+                y = y.to(self.device)
+                same = (y.unsqueeze(0) == y.unsqueeze(1)) & ~torch.eye(
+                    len(y), dtype=torch.bool, device=y.device)
                 loss = F.cross_entropy(logits.masked_fill(same, float("-inf")),
-                                       torch.arange(len(y)))
+                                       torch.arange(len(y), device=y.device))
                 loss = loss + cfg["mlm_weight"] * net.mlm_loss(batch, gen)
                 opt.zero_grad()
                 loss.backward()
@@ -265,7 +286,7 @@ class RecFormer(System):
 
     def _finetune(self, data: TrainData, valid: Validation) -> None:
         cfg, net = self.config, self.net
-        pool, remap = softmax_pool(self.vocab, data.train)
+        pool, remap = softmax_pool(self.vocab, data.train, self.device)
         rng = np.random.default_rng([self.seed, 2])
         params = [p for n, p in net.named_parameters()
                   if not n.startswith("mlm") and p.requires_grad]
@@ -287,7 +308,8 @@ class RecFormer(System):
                 for idx in batches(len(tgt), cfg["batch_size"], rng):
                     seq = net.encode([hists[i] for i in idx])
                     logits = seq @ keys.T / cfg["temperature"]
-                    loss = F.cross_entropy(logits, remap[torch.from_numpy(tgt[idx])])
+                    loss = F.cross_entropy(
+                        logits, remap[torch.from_numpy(tgt[idx]).to(self.device)])
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
@@ -312,8 +334,10 @@ class RecFormer(System):
                 hists = [self.vocab.rows(requests[i].history[-cfg["max_items"]:])[::-1]
                          for i in idx]
                 seq = net.encode(hists)
-                cand = torch.tensor([self.vocab.rows(requests[i].candidates) for i in idx])
-                out[idx] = torch.einsum("bd,bcd->bc", seq, net.item_matrix[cand]).double().numpy()
+                cand = torch.tensor([self.vocab.rows(requests[i].candidates) for i in idx],
+                                    device=seq.device)
+                out[idx] = torch.einsum("bd,bcd->bc", seq, net.item_matrix[cand]
+                                        ).double().cpu().numpy()
         return out
 
     def describe(self) -> dict[str, Any]:

@@ -78,8 +78,8 @@ def model_digest(model_dir: str) -> str:
     return h.hexdigest()
 
 
-def load_model(model_dir: Path) -> tuple[Any, Any]:
-    """(tokenizer, model) from a local directory; never touches the network."""
+def load_model(model_dir: Path, device: Any = "cpu") -> tuple[Any, Any]:
+    """(tokenizer, model on `device`) from a local directory; never touches the network."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
@@ -88,7 +88,7 @@ def load_model(model_dir: Path) -> tuple[Any, Any]:
     hf_logging.disable_progress_bar()
     tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
     model = AutoModel.from_pretrained(str(model_dir), local_files_only=True)
-    return tok, model
+    return tok, model.to(device)
 
 
 def mean_pool(hidden: Any, mask: Any) -> Any:
@@ -98,14 +98,16 @@ def mean_pool(hidden: Any, mask: Any) -> Any:
 
 
 def encode_texts(texts: Sequence[str], model_dir: Path, batch_size: int = 64,
-                 max_length: int = 64, pooling: str = "mean") -> np.ndarray:
+                 max_length: int = 64, pooling: str = "mean", device: Any = "cpu"
+                 ) -> np.ndarray:
     """Last-layer vectors (float32, not normalized) for `texts`: the mean over tokens
-    ("mean", how MiniLM was trained) or the [CLS] state ("cls", as UniSRec used BERT)."""
+    ("mean", how MiniLM was trained) or the [CLS] state ("cls", as UniSRec used BERT),
+    computed on `device`."""
     if pooling not in ("mean", "cls"):
         raise ValueError(f"pooling must be 'mean' or 'cls', got {pooling!r}")
     import torch
 
-    tok, model = load_model(model_dir)
+    tok, model = load_model(model_dir, device)
     model.eval()
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     order = np.argsort([len(t) for t in texts], kind="stable")  # less padding per batch
@@ -113,18 +115,19 @@ def encode_texts(texts: Sequence[str], model_dir: Path, batch_size: int = 64,
         for s in range(0, len(texts), batch_size):
             idx = order[s:s + batch_size]
             enc = tok([texts[i] for i in idx], padding=True, truncation=True,
-                      max_length=max_length, return_tensors="pt")
+                      max_length=max_length, return_tensors="pt").to(device)
             hidden = model(**enc).last_hidden_state
             pooled = hidden[:, 0] if pooling == "cls" else mean_pool(hidden,
                                                                       enc["attention_mask"])
-            out[idx] = pooled.numpy()
+            out[idx] = pooled.float().cpu().numpy()
     return out
 
 
 def text_vectors(texts: Sequence[str], model_spec: str | None, cache_root: str | Path,
-                 max_length: int = 64, pooling: str = "mean") -> np.ndarray:
-    """`encode_texts`, stored once per (model files, texts, max_length, pooling) in the
-    artifact store under `cache_root`."""
+                 max_length: int = 64, pooling: str = "mean", device: Any = "cpu"
+                 ) -> np.ndarray:
+    """`encode_texts` (on `device`), stored once per (model files, texts, max_length,
+    pooling) in the artifact store under `cache_root`."""
     texts = [str(t) for t in texts]
     model_dir = resolve_model_dir(model_spec)
     key = {"model": model_digest(str(model_dir)), "texts": digest(texts),
@@ -132,7 +135,8 @@ def text_vectors(texts: Sequence[str], model_spec: str | None, cache_root: str |
     built: dict[str, np.ndarray] = {}
 
     def write(out: Path) -> None:
-        built["vec"] = encode_texts(texts, model_dir, max_length=max_length, pooling=pooling)
+        built["vec"] = encode_texts(texts, model_dir, max_length=max_length, pooling=pooling,
+                                    device=device)
         np.save(out / "vectors.npy", built["vec"], allow_pickle=False)
 
     path = Store(cache_root).ensure("text_vectors", key, write)

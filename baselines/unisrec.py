@@ -33,13 +33,15 @@ from baselines._textseq import (
     last_state,
     masked_contrastive,
     next_item_windows,
+    on,
+    pin_text_model,
     pretrain_key,
     sample_queries,
     softmax_pool,
     text_model_key,
     with_padding_row,
 )
-from baselines.common import EarlyStopping
+from baselines.common import EarlyStopping, device_for
 from bench.api import ScoreRequest, System, TrainData, Validation
 from bench.seeding import seed_everything
 from protocols.digest import digest
@@ -95,12 +97,12 @@ class UniSRecNet(nn.Module):
 def item_drop(hist: torch.Tensor, lens: torch.Tensor, ratio: float
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Drop each history item with prob `ratio` (keeping the first), re-packed left."""
-    keep = (torch.rand(hist.shape) >= ratio) & (hist > 0)
+    keep = (torch.rand(hist.shape, device=hist.device) >= ratio) & (hist > 0)
     keep[:, 0] = hist[:, 0] > 0
     out = torch.zeros_like(hist)
     new_lens = keep.sum(1)
     pos = torch.cumsum(keep, 1) - 1
-    rows = torch.arange(len(hist)).unsqueeze(1).expand_as(hist)
+    rows = torch.arange(len(hist), device=hist.device).unsqueeze(1).expand_as(hist)
     out[rows[keep], pos[keep]] = hist[keep]
     return out, torch.maximum(new_lens, (lens > 0).long())
 
@@ -120,6 +122,7 @@ class UniSRec(System):
     name = "UniSRec"
     group = "Transferable"
     full_ranking = True  # scores every item cheaply (--negatives all)
+    uses_gpu: ClassVar[bool] = True  # the text encoder and the model run on it
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"text_model": "minilm", "hidden": 32, "layers": 1, "heads": 2, "inner": 64,
                   "dropout": 0.2, "max_len": 20, "n_experts": 8, "adaptor_dropout": 0.2,
@@ -140,12 +143,24 @@ class UniSRec(System):
                   "lr": 1e-3, "pretrain_epochs": 300, "epochs": 300, "patience": 10},
     }
 
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config)
+
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)
         self.ws = Workspace(workdir)
         self.net: UniSRecNet | None = None
         self.vocab: ItemVocab | None = None
-        self.info: dict[str, Any] = {"fine_tuning": "inductive (text only, encoder frozen)"}
+        self.device = device_for(self.config)
+        self.info: dict[str, Any] = {"fine_tuning": "inductive (text only, encoder frozen)",
+                                     "device": self.device.type}
+
+    def _net(self, text: torch.Tensor) -> UniSRecNet:
+        """A new network on this system's device."""
+        return UniSRecNet(text.to(self.device), self.config).to(self.device)
 
     # -- training -----------------------------------------------------------------
     def fit(self, data: TrainData, valid: Validation) -> None:
@@ -153,9 +168,10 @@ class UniSRec(System):
         seed_everything(self.seed)
         self.vocab = ItemVocab(data.titles)
         vec = text_encoder.text_vectors(self.vocab.texts, cfg["text_model"], self.ws.root,
-                                          pooling=cfg.get("text_pooling", "mean"))
-        text = with_padding_row(vec)
-        self.net = UniSRecNet(text, cfg)
+                                          pooling=cfg.get("text_pooling", "mean"),
+                                          device=self.device)
+        text = with_padding_row(vec, self.device)
+        self.net = self._net(text)
         if data.general and cfg["pretrain_epochs"] > 0:
             key = pretrain_key(cfg, ("epochs", "patience"), self.seed, data,
                                texts=self.vocab.texts, model=text_model_key(cfg))
@@ -169,10 +185,11 @@ class UniSRec(System):
         cfg, net = self.config, self.net
         texts_aug = word_drop_texts(self.vocab.texts, cfg["item_drop"], self.seed)
         vec_aug = text_encoder.text_vectors(texts_aug, cfg["text_model"], self.ws.root,
-                                              pooling=cfg.get("text_pooling", "mean"))
-        text_aug = with_padding_row(vec_aug)
-        hist, lens, tgt = (torch.from_numpy(a) for a in
-                           next_item_windows(data.general, self.vocab, cfg["max_len"]))
+                                              pooling=cfg.get("text_pooling", "mean"),
+                                              device=self.device)
+        text_aug = with_padding_row(vec_aug, self.device)
+        hist, lens, tgt = on(self.device,
+                             *next_item_windows(data.general, self.vocab, cfg["max_len"]))
         opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
         rng = np.random.default_rng([self.seed, 1])
         gen = torch.Generator().manual_seed(self.seed)
@@ -194,10 +211,11 @@ class UniSRec(System):
                     aug = last_state(net.states(h2, table), l2)
                 else:  # word drop: a random 20% of the items use the word-dropped text
                     table_aug = net.items(text_aug)
-                    swap = (torch.rand(h.shape) < cfg["item_drop"]).unsqueeze(-1)
+                    swap = (torch.rand(h.shape, device=h.device) < cfg["item_drop"]
+                            ).unsqueeze(-1)
                     x = torch.where(swap, table_aug[h], table[h])
                     aug = last_state(F.normalize(net.encoder(x), dim=-1), ln)
-                y_last = y[torch.arange(len(y)), (ln - 1).clamp_min(0)]
+                y_last = y[torch.arange(len(y), device=y.device), (ln - 1).clamp_min(0)]
                 same_last = y_last.unsqueeze(0) == y_last.unsqueeze(1)
                 loss = loss + cfg["lambda"] * masked_contrastive(last, aug, same_last, tau)
                 opt.zero_grad()
@@ -208,9 +226,8 @@ class UniSRec(System):
 
     def _finetune(self, data: TrainData, valid: Validation) -> None:
         cfg, net = self.config, self.net
-        hist, _, tgt = (torch.from_numpy(a) for a in
-                        next_item_windows(data.train, self.vocab, cfg["max_len"]))
-        pool, remap = softmax_pool(self.vocab, data.train)
+        hist, _, tgt = on(self.device, *next_item_windows(data.train, self.vocab, cfg["max_len"]))
+        pool, remap = softmax_pool(self.vocab, data.train, self.device)
         freeze(net.encoder.position, net.encoder.blocks)
         opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg["lr"])
         rng = np.random.default_rng([self.seed, 2])

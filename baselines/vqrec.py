@@ -35,12 +35,14 @@ from baselines._textseq import (
     cosine_scores,
     freeze,
     next_item_windows,
+    on,
+    pin_text_model,
     pretrain_key,
     sample_queries,
     softmax_pool,
     text_model_key,
 )
-from baselines.common import EarlyStopping
+from baselines.common import EarlyStopping, device_for
 from bench.api import ScoreRequest, System, TrainData, Validation
 from bench.seeding import seed_everything
 from protocols.digest import digest
@@ -116,12 +118,12 @@ class VQRecNet(nn.Module):
     def set_codes(self, codes: np.ndarray) -> None:
         """Codes of item rows 1..n (row 0, padding, gets a zero vector)."""
         self.codes = torch.cat([torch.zeros(1, self.n_sub, dtype=torch.long),
-                                torch.from_numpy(codes)])
+                                torch.from_numpy(codes)]).to(self.code_emb.device)
 
     def embed(self, codes: torch.Tensor, table: torch.Tensor | None = None) -> torch.Tensor:
         """Mean of the code embeddings: (..., n_sub) codes -> (..., hidden)."""
         table = self.code_emb if table is None else table
-        return table[torch.arange(self.n_sub), codes].mean(-2)
+        return table[torch.arange(self.n_sub, device=codes.device), codes].mean(-2)
 
     def items(self, table: torch.Tensor | None = None) -> torch.Tensor:
         out = self.embed(self.codes, table)
@@ -135,6 +137,7 @@ class VQRec(System):
     name = "VQ-Rec"
     group = "Transferable"
     full_ranking = True  # scores every item cheaply (--negatives all)
+    uses_gpu: ClassVar[bool] = True  # the text encoder and the model run on it
     profiles: ClassVar[dict[str, dict[str, Any]]] = {
         "smoke": {"text_model": "minilm", "n_sub": 32, "bits": 6, "opq": True, "opq_iters": 2,
                   "hidden": 32,
@@ -160,12 +163,24 @@ class VQRec(System):
                   "sinkhorn_iters": 3, "gumbel_tau": 0.7, "epochs": 300, "patience": 10},
     }
 
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The text model pinned by the sha256 of its files (in the cell key)."""
+        return pin_text_model(config)
+
     def __init__(self, config: dict[str, Any], seed: int, workdir: str | None = None):
         super().__init__(config, seed, workdir)
         self.ws = Workspace(workdir)
         self.net: VQRecNet | None = None
         self.vocab: ItemVocab | None = None
-        self.info: dict[str, Any] = {}
+        self.device = device_for(self.config)
+        self.info: dict[str, Any] = {"device": self.device.type}
+
+    def _net(self) -> VQRecNet:
+        """A new network on this system's device."""
+        cfg = self.config
+        return VQRecNet(cfg["n_sub"], 2 ** cfg["bits"], cfg).to(self.device)
 
     def _codes(self, vec: np.ndarray, seqs: Sequence, seed_stream: int) -> tuple[np.ndarray, int]:
         rows = np.flatnonzero(self.vocab.seen_mask(seqs)[1:])  # item rows seen in `seqs`
@@ -178,9 +193,10 @@ class VQRec(System):
         seed_everything(self.seed)
         self.vocab = ItemVocab(data.titles)
         vec = text_encoder.text_vectors(self.vocab.texts, cfg["text_model"], self.ws.root,
-                                          pooling=cfg.get("text_pooling", "mean"))
+                                          pooling=cfg.get("text_pooling", "mean"),
+                                          device=self.device)
         target_codes, b = self._codes(vec, data.train, 2)
-        self.net = VQRecNet(cfg["n_sub"], 2 ** cfg["bits"], cfg)
+        self.net = self._net()
         pretrained = bool(data.general) and cfg["pretrain_epochs"] > 0
         if pretrained:
             key = pretrain_key(cfg, ("epochs", "patience", "perm_epochs"), self.seed, data,
@@ -199,8 +215,8 @@ class VQRec(System):
         cfg, net = self.config, self.net
         codes, b = self._codes(vec, data.general, 1)
         net.set_codes(codes)
-        hist, lens, tgt = (torch.from_numpy(a) for a in
-                           next_item_windows(data.general, self.vocab, cfg["max_len"]))
+        hist, lens, tgt = on(self.device,
+                             *next_item_windows(data.general, self.vocab, cfg["max_len"]))
         opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"])
         rng = np.random.default_rng([self.seed, 1])
         gen = torch.Generator().manual_seed(self.seed)
@@ -215,15 +231,17 @@ class VQRec(System):
                 pos = F.normalize(items[yq], dim=-1)
                 # semi-synthetic negative: the positive's codes, a fraction made random
                 c = net.codes[yq]
-                swap = torch.rand(c.shape, generator=gen) < cfg["fake_ratio"]
-                rand = torch.randint(0, 2 ** b, c.shape, generator=gen)
+                # drawn on the CPU's generator, then moved: the same draws on any device
+                swap = (torch.rand(c.shape, generator=gen) < cfg["fake_ratio"]).to(c.device)
+                rand = torch.randint(0, 2 ** b, c.shape, generator=gen).to(c.device)
                 fake = F.normalize(net.embed(torch.where(swap, rand, c)), dim=-1)
                 logits = seq @ pos.T / tau
-                same = (yq.unsqueeze(0) == yq.unsqueeze(1)) & ~torch.eye(len(yq), dtype=bool)
+                same = (yq.unsqueeze(0) == yq.unsqueeze(1)) & ~torch.eye(
+                    len(yq), dtype=torch.bool, device=yq.device)
                 logits = logits.masked_fill(same, float("-inf"))
                 fake_logit = (seq * fake).sum(-1, keepdim=True) / tau
                 loss = F.cross_entropy(torch.cat([logits, fake_logit], 1),
-                                       torch.arange(len(yq)))
+                                       torch.arange(len(yq), device=yq.device))
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
@@ -232,21 +250,21 @@ class VQRec(System):
 
     def _finetune(self, data: TrainData, valid: Validation, permute: bool) -> None:
         cfg, net = self.config, self.net
-        hist, _, tgt = (torch.from_numpy(a) for a in
-                        next_item_windows(data.train, self.vocab, cfg["max_len"]))
-        pool, remap = softmax_pool(self.vocab, data.train)
+        hist, _, tgt = on(self.device, *next_item_windows(data.train, self.vocab, cfg["max_len"]))
+        pool, remap = softmax_pool(self.vocab, data.train, self.device)
         freeze(net.encoder.position, net.encoder.blocks)
         rng = np.random.default_rng([self.seed, 2])
         gen = torch.Generator().manual_seed(self.seed + 1)
         best = EarlyStopping(cfg["patience"])
         k = net.code_emb.shape[1]
-        logit_p = nn.Parameter(torch.randn(net.n_sub, k, k, generator=gen))
+        logit_p = nn.Parameter(torch.randn(net.n_sub, k, k, generator=gen).to(self.device))
 
         def table(train: bool) -> torch.Tensor | None:
             if logit_p is None:
                 return None
             if train:  # Gumbel-Sinkhorn relaxation of a permutation per sub-quantizer
-                u = torch.rand(logit_p.shape, generator=gen).clamp(1e-6, 1 - 1e-6)
+                u = torch.rand(logit_p.shape, generator=gen).to(logit_p.device).clamp(
+                    1e-6, 1 - 1e-6)
                 noisy = (logit_p - torch.log(-torch.log(u))) / cfg["gumbel_tau"]
                 perm = sinkhorn(noisy, cfg["sinkhorn_iters"])
             else:
@@ -277,7 +295,7 @@ class VQRec(System):
                 run_epoch(opt)
                 epoch += 1
             with torch.no_grad():  # harden: the permutation closest to the relaxed one
-                soft = sinkhorn(logit_p / cfg["gumbel_tau"], cfg["sinkhorn_iters"]).numpy()
+                soft = sinkhorn(logit_p / cfg["gumbel_tau"], cfg["sinkhorn_iters"]).cpu().numpy()
                 emb = net.code_emb.detach().clone()
                 for m in range(net.n_sub):
                     rows, cols = linear_sum_assignment(-soft[m])

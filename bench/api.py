@@ -47,6 +47,8 @@ class System(ABC):
       a run's cells: keep reusable artifacts there in a `protocols.store.Store`.
     - `label`: the row label, when it depends on the config (the zero-shot backbone row
       is named after its backbone).
+    - `configure(config, backbone, backbone_label)`: the config the cell runs with
+      (`--backbone` applied, outside files pinned by their sha256).
     - `describe()`: facts stored in cell.json; a "caption_note" entry is stated in the
       table caption.
     - `multithreaded = True`: the runner gives the cell every CPU core (large models;
@@ -95,6 +97,17 @@ class System(ABC):
             return dict(cls.profiles["default"])
         raise KeyError(f"system {cls.name!r} has no settings for profile {profile!r} (and no "
                        "'default' entry)")
+
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """The config a cell runs with, computed once by the driver before the cell key.
+        `backbone` (`--backbone`: a checkpoint directory, a cached Hugging Face id or a
+        .gguf file) replaces the system's LLM, labelled `backbone_label` or after the
+        model. A system that loads outside files must name them by identity here (their
+        sha256), since the key hashes this config. Default: `config` unchanged (a
+        system without an LLM ignores `backbone`)."""
+        return config
 
     @abstractmethod
     def fit(self, data: TrainData, valid: Validation) -> None:

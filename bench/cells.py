@@ -59,6 +59,7 @@ class CellTask:
     protocol: str  # the driver's protocol directory, recorded in cell.json
     workdir: str  # the artifact cache (absolute; shared storage for remote workers)
     token: str | None = None  # RUN_TOKEN's content, checked on remote workers
+    overrides: dict[str, Any] = field(default_factory=dict)  # --set: dotted path -> value
 
     def where(self) -> str:
         return f"{self.system} on {self.dataset} ({self.setting}), seed {self.seed}"
@@ -275,6 +276,7 @@ def _compute(task: CellTask, protocol: LocalProtocol | ProtocolBundle) -> CellOu
         "candidates_sha256": proto.candidates_sha256, "protocol": task.protocol,
         "negatives": proto.manifest.get("options", {}).get("negatives", DEFAULT_NEGATIVES),
         "describe": describe,
+        **({"overrides": task.overrides} if task.overrides else {}),
         "scores_sha256": text_sha256(texts["scores.jsonl"]),
         "metrics_sha256": text_sha256(texts["metrics.jsonl"]),
     }

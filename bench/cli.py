@@ -38,6 +38,20 @@ GENERAL_FROM_HELP = (
     "share of the dataset's own users")
 
 
+BACKBONE_HELP = (
+    "the LLM of every LLM row instead of the profile's: a checkpoint directory, a model id\n"
+    "in the local Hugging Face cache, or a .gguf file (nothing is downloaded); keyed by the\n"
+    "sha256 of its weight and tokenizer files (hashed once, remembered by path, size, mtime)")
+BACKBONE_FIND_HELP = (
+    "where the backbone the cells were computed with is now (as for `run --backbone`);\n"
+    "checked against the sha256 in their cell.json (default: the path recorded there)")
+SET_HELP = (
+    "change one setting of a system's profile config (repeatable): SYSTEM is a system\n"
+    "name or * (every system of the run with PATH); VALUE is JSON, else a string. E.g.\n"
+    "--set MoLoRec.specific.train.epochs=1 --set '*.prompt.max_history=20'.\n"
+    "Part of the cell key, recorded in cell.json and stated in the table caption")
+
+
 def _jobs_defaults() -> str:
     """The profiles' --jobs defaults, for --help."""
     parallel = {n: p.jobs_memory_gib for n, p in profiles.PROFILES.items() if p.jobs_memory_gib}
@@ -118,6 +132,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--negatives", type=_negatives, metavar="N|all",
                      help=NEGATIVES_HELP.format(d=defaults.negatives)
                      + ";\nthe table is named e.g. warm-n99 (its files beside the default's)")
+    run.add_argument("--backbone", metavar="MODEL", help=BACKBONE_HELP)
+    run.add_argument("--backbone-label", metavar="LABEL",
+                     help="the backbone's name in the rows and the caption (default: the "
+                          "model's)")
+    run.add_argument("--set", action="append", dest="overrides", metavar="SYSTEM.PATH=VALUE",
+                     help=SET_HELP)
 
     rep = sub.add_parser("report", help="rebuild tables from stored results (no training)")
     rep.add_argument("--out", default="runs/default", help="a results directory of `run`")
@@ -155,6 +175,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="Figure 5's prompt counts (the table's own count is added)")
     fig.add_argument("--settings", type=_csv, default=["warm", "cold"],
                      help="settings to draw (default warm,cold)")
+    fig.add_argument("--backbone", metavar="MODEL", help=BACKBONE_FIND_HELP)
 
     exp = sub.add_parser("explain", help="a case study: one test user's recommendation and "
                          "its explanation by MoLoRec (the paper's Figure 6)")
@@ -164,6 +185,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--setting", help="default: the table's first setting")
     exp.add_argument("--dataset", help="default: the one dataset with a MoLoRec cell")
     exp.add_argument("--seed", type=int, help="default: the lowest seed run")
+    exp.add_argument("--backbone", metavar="MODEL", help=BACKBONE_FIND_HELP)
 
     proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
@@ -206,13 +228,15 @@ def _warn(text: str) -> None:
 
 
 def _cmd_run(a: argparse.Namespace) -> int:
-    from bench.runner import failures_path
+    from bench.runner import Variant, failures_path
     from reports.publish import publish_table
 
+    variant = Variant(a.backbone, a.backbone_label, tuple(a.overrides or ()))
     res = publish_table(a.table, a.profile, a.out, reference=a.reference,
                         datasets=a.datasets, systems=a.systems, seeds=a.seeds, force=a.force,
                         data_path=a.data_path, general_from=a.general_from, jobs=a.jobs,
-                        scheduler=a.scheduler, retries=a.retries, negatives=a.negatives)
+                        scheduler=a.scheduler, retries=a.retries, negatives=a.negatives,
+                        variant=variant)
     print(res.markdown)
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")
@@ -315,7 +339,8 @@ def _cmd_data(a: argparse.Namespace) -> int:
 def _cmd_figures(a: argparse.Namespace) -> int:
     from bench.cli_analysis import figures
 
-    for path in figures(Path(a.out), a.figures, a.prompts, a.settings, log=_warn):
+    for path in figures(Path(a.out), a.figures, a.prompts, a.settings, log=_warn,
+                        backbone=a.backbone):
         print(f"wrote {path}")
     return 0
 
@@ -323,7 +348,8 @@ def _cmd_figures(a: argparse.Namespace) -> int:
 def _cmd_explain(a: argparse.Namespace) -> int:
     from bench.cli_analysis import explain
 
-    text, path = explain(Path(a.out), a.user, a.table, a.setting, a.dataset, a.seed)
+    text, path = explain(Path(a.out), a.user, a.table, a.setting, a.dataset, a.seed,
+                         backbone=a.backbone)
     print(text)
     print(f"wrote {path}")
     return 0

@@ -41,8 +41,21 @@ def _protocol_of(out: Path, cell: CellResult):
                       f"no longer under {out}/protocols; rerun the table")
 
 
+def _located(cell: CellResult, backbone: str | None) -> dict:
+    """The cell's cell.json, its backbone found at `backbone` (`--backbone`: the model
+    has moved since the run; it must be the same model, by sha256)."""
+    if backbone is None:
+        return cell.meta
+    from molorec.backbone import relocate
+
+    config = dict(cell.meta["config"])
+    config["backbone"] = relocate(config["backbone"], backbone)
+    return {**cell.meta, "config": config}
+
+
 def figures(out: Path, which: Sequence[int], prompts: Sequence[int],
-            wanted: Sequence[str], log: Callable[[str], None] = print) -> list[Path]:
+            wanted: Sequence[str], log: Callable[[str], None] = print,
+            backbone: str | None = None) -> list[Path]:
     """Write the requested figures under OUT/figures; returns the files written."""
     from reports import figures as F
 
@@ -62,12 +75,13 @@ def figures(out: Path, which: Sequence[int], prompts: Sequence[int],
                 log(f"figure 4: no {MOLOREC} cell with mixture weights in {', '.join(wanted)}; "
                     "skipped")
         if 5 in which:
-            written += _figure5(out, cells, prompts, wanted, dest, log)
+            written += _figure5(out, cells, prompts, wanted, dest, log, backbone)
     return written
 
 
 def _figure5(out: Path, cells: list[CellResult], prompts: Sequence[int],
-             wanted: Sequence[str], dest: Path, log: Callable[[str], None]) -> list[Path]:
+             wanted: Sequence[str], dest: Path, log: Callable[[str], None],
+             backbone: str | None = None) -> list[Path]:
     from molorec.analysis import prompt_count_points
     from reports import figures as F
 
@@ -78,8 +92,8 @@ def _figure5(out: Path, cells: list[CellResult], prompts: Sequence[int],
         return []
     rows = []
     for c in mine:
-        rows += prompt_count_points(_protocol_of(out, c), c.meta, prompts, out / "cache",
-                                    log=log)
+        rows += prompt_count_points(_protocol_of(out, c), _located(c, backbone), prompts,
+                                    out / "cache", log=log)
     refs = []
     for name in REFERENCE_ROWS:
         for key in {(c.dataset, c.setting) for c in mine}:
@@ -105,7 +119,7 @@ def _pick(cells: list[CellResult], what: str, value, options: Sequence) -> objec
 
 
 def explain(out: Path, user: str, table: str, setting: str | None, dataset: str | None,
-            seed: int | None) -> tuple[str, Path]:
+            seed: int | None, backbone: str | None = None) -> tuple[str, Path]:
     """The case study of `user`: Markdown text and the file it was written to."""
     from molorec.explain import case_study, to_markdown
 
@@ -129,7 +143,7 @@ def explain(out: Path, user: str, table: str, setting: str | None, dataset: str 
                           f"e.g. {some}")
     with outdir.locked(out):
         cell_dir = out / "cells" / _slug(dataset) / setting / _slug(MOLOREC) / f"seed-{seed}"
-        cs = case_study(proto, cell.meta, cell_dir, user, out / "cache")
+        cs = case_study(proto, _located(cell, backbone), cell_dir, user, out / "cache")
         text = to_markdown(cs)
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{dataset}-{setting}-seed{seed}-user-{user}")
         path = out / "explain" / f"{slug}.md"

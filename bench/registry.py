@@ -71,12 +71,14 @@ def refused() -> dict[str, str]:
     return SYSTEMS.refused()
 
 
-def label_for(cls: type[System], profile: str) -> str:
-    """The row label a system gets under `profile`, without constructing it (a label
-    depends only on the config; __init__ may load models)."""
+def label_for(cls: type[System], profile: str, config: dict | None = None) -> str:
+    """The row label a system gets under `profile` (with `config`, the one a run gives
+    it, when not the profile's), without constructing it (a label depends only on the
+    config; __init__ may load models)."""
     try:
         obj = object.__new__(cls)
-        obj.config, obj.seed, obj.workdir = cls.config_for(profile), 0, None
+        obj.config = cls.config_for(profile) if config is None else config
+        obj.seed, obj.workdir = 0, None
         return str(obj.label)
     except Exception:  # a label that needs more than the config: the name is its label
         return cls.name

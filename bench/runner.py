@@ -28,6 +28,7 @@ from bench import outdir, profiles, registry
 from bench.api import System
 from bench.cells import CellError, CellOutput, CellTask, LocalProtocol, compute_cell
 from bench.executors import RETRIES, Executor, OnDemand, Progress, Serial, make_executor
+from bench.overrides import apply as apply_overrides
 from bench.results import CELL_FORMAT, CellResult, DamagedCell, load_cell
 from protocols import general_corpus, settings
 from protocols.build import build_protocol, general_hashes, source_hashes
@@ -38,7 +39,7 @@ from protocols.files import overlapping, protocol_files
 from protocols.options import FULL, ProtocolOptions, negatives_suffix
 from protocols.store import atomic_dir, atomic_write_text
 
-__all__ = ["CELL_FORMAT", "cell_key", "ensure_protocol", "run_cell", "run_table"]
+__all__ = ["CELL_FORMAT", "Variant", "cell_key", "ensure_protocol", "run_cell", "run_table"]
 CELL_FILES = ("scores.jsonl", "metrics.jsonl", "cell.json", "timing.json")
 
 
@@ -101,15 +102,20 @@ def ensure_protocol(out: Path, dataset: str, setting: str, seed: int, options: P
     return root
 
 
-def cell_key(system_cls: type[System], config: dict, seed: int, manifest: dict) -> str:
-    """Hash of everything that determines a cell's numbers. The split's code version
-    enters only once it is past 1, so cells of unchanged settings keep their keys."""
+def cell_key(system_cls: type[System], config: dict, seed: int, manifest: dict,
+             overrides: Mapping[str, object] | None = None) -> str:
+    """Hash of everything that determines a cell's numbers. `config` is the one the cell
+    runs with (System.configure: `--backbone` applied and model files pinned by sha256,
+    `--set` applied); `overrides`, the `--set` changes, are named too, so that a cell
+    is stated with the settings it was asked for. The split's code version enters only
+    once it is past 1, so cells of unchanged settings keep their keys."""
     version = manifest.get("split_version", 1)
     return digest({
         "format": CELL_FORMAT, "system": system_cls.name,
         "class": f"{system_cls.__module__}:{system_cls.__qualname__}",
         "config": config, "seed": seed, "protocol_files": manifest["files"],
         **({"split_version": version} if version != 1 else {}),
+        **({"overrides": dict(overrides)} if overrides else {}),
     })
 
 
@@ -146,12 +152,33 @@ def _cached(cell_dir: Path, key: str, proto_dir: Path, log: Callable[[str], None
         return None
 
 
+@dataclass(frozen=True)
+class Variant:
+    """What a run changes in the profile's system configs: `--backbone` (and its
+    label) for every LLM row, and `--set` options (bench.overrides)."""
+
+    backbone: str | None = None
+    backbone_label: str | None = None
+    overrides: tuple[str, ...] = ()
+
+    def configs(self, classes: Mapping[str, type[System]], profile: str,
+                log: Callable[[str], None] = print
+                ) -> tuple[dict[str, dict], dict[str, dict[str, object]]]:
+        """(canonical name -> the config its cells run with, name -> `--set` changes)."""
+        configs, applied = apply_overrides(
+            self.overrides, {n: cls.config_for(profile) for n, cls in classes.items()},
+            profile, log)
+        return ({n: cls.configure(configs[n], self.backbone, self.backbone_label)
+                 for n, cls in classes.items()}, applied)
+
+
 def _task(proto_dir: Path, proto: dict, name: str, cls: type[System], profile: str,
-          seed: int, workdir: Path, table: str, token: str | None = None) -> CellTask:
-    config = cls.config_for(profile)
+          seed: int, workdir: Path, table: str, token: str | None = None, *,
+          config: dict, overrides: Mapping[str, object] | None = None) -> CellTask:
+    overrides = dict(overrides or {})
     return CellTask(table, proto["dataset"], proto["setting"], name, seed, profile, cls, config,
-                    cell_key(cls, config, seed, proto), str(proto_dir),
-                    str(Path(workdir).resolve()), token)
+                    cell_key(cls, config, seed, proto, overrides), str(proto_dir),
+                    str(Path(workdir).resolve()), token, overrides)
 
 
 def write_cell(cell_dir: Path, output: CellOutput, proto_dir: Path) -> CellResult:
@@ -165,14 +192,17 @@ def write_cell(cell_dir: Path, output: CellOutput, proto_dir: Path) -> CellResul
 
 def run_cell(proto_dir: Path, system_name: str, profile: str, seed: int, cell_dir: Path,
              workdir: Path, force: bool = False, table: str = "", *,
-             log: Callable[[str], None] = print) -> CellResult:
+             log: Callable[[str], None] = print, variant: Variant = Variant()
+             ) -> CellResult:
     """Fit one system on one protocol and score its test candidates, in this process
     (cached; a cached cell is used only after its scores and metrics verify). What the
     system raises is raised here."""
     cls = registry.resolve(system_name, profile)
+    name = registry.canonical(system_name, profile)
+    configs, applied = variant.configs({name: cls}, profile, log)
     manifest = json.loads((Path(proto_dir) / "manifest.json").read_text())
-    task = _task(proto_dir, manifest, registry.canonical(system_name, profile), cls, profile,
-                 seed, workdir, table)
+    task = _task(proto_dir, manifest, name, cls, profile, seed, workdir, table,
+                 config=configs[name], overrides=applied[name])
     cell_dir = Path(cell_dir)
     if not force and (cached := _cached(cell_dir, task.key, Path(proto_dir), log)) is not None:
         return cached
@@ -244,27 +274,33 @@ def _check_seeds(seeds: tuple) -> None:
 
 def _systems(names: tuple[str, ...], profile: str) -> dict[str, type[System]]:
     """Canonical name -> class, for the names as given (any case, or a row label);
-    two names for one system, or two systems with one row label, are refused."""
+    two names for one system are refused."""
     canon: dict[str, str] = {}
     for n in names:
         c = registry.canonical(n, profile)
         if c in canon:
             raise OptionError(f"--systems names {c!r} twice ({canon[c]!r} and {n!r})")
         canon[c] = n
-    classes = {c: registry.resolve(c, profile) for c in canon}
+    return {c: registry.resolve(c, profile) for c in canon}
+
+
+def _check_labels(classes: Mapping[str, type[System]], profile: str,
+                  configs: Mapping[str, dict]) -> None:
+    """Two systems with one row label (as configured: `--backbone-label` names the
+    Backbone row) are refused."""
     labels: dict[str, str] = {}
     for c, cls in classes.items():
-        label = registry.label_for(cls, profile).lower()
-        if label in labels:
-            raise OptionError(f"systems {labels[label]!r} and {c!r} both label their rows "
-                              f"{registry.label_for(cls, profile)!r}; run them apart")
-        labels[label] = c
-    return classes
+        label = registry.label_for(cls, profile, configs[c])
+        if label.lower() in labels:
+            raise OptionError(f"systems {labels[label.lower()]!r} and {c!r} both label their "
+                              f"rows {label!r}; run them apart")
+        labels[label.lower()] = c
 
 
 def _failure(task: CellTask, error: CellError) -> CellFailure:
     return CellFailure(task.dataset, task.setting, task.system,
-                       registry.label_for(task.cls, task.profile), task.cls.group, task.seed,
+                       registry.label_for(task.cls, task.profile, task.config), task.cls.group,
+                       task.seed,
                        error.error, error.traceback)
 
 
@@ -319,7 +355,7 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
               keep_going: bool = True, render: Renderer | None = None,
               general_from: Sequence[str] | None = None, jobs: int | None = None,
               scheduler: str | None = None, retries: int = RETRIES,
-              negatives: int | str | None = None) -> TableRun:
+              negatives: int | str | None = None, variant: Variant = Variant()) -> TableRun:
     """Run (or load from cache) every cell of a table.
 
     Options are checked before anything is written. `out` must be absent, empty or a
@@ -336,7 +372,9 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     ranking, which runs only the systems that declare `full_ranking` (the others are
     listed in `TableRun.left_out` and OUT/<table>.left_out.json, for the caption); the
     table and its setting directories are then named with protocols.options'
-    `negatives_suffix` (warm-n99)."""
+    `negatives_suffix` (warm-n99).
+    `variant`: `--backbone` and `--set` (Variant); the configs they give are computed
+    (and the backbone found and hashed) before anything is written."""
     tables = settings.tables()
     if table not in tables:
         raise OptionError(f"unknown table {table!r}; use one of {', '.join(tables)}")
@@ -353,6 +391,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     negatives = prof.protocol.negatives if negatives is None else negatives
     label = table + negatives_suffix(negatives)  # the table's name, its files' stem
     classes, left_out = _full_ranking_rows(classes, negatives, profile)
+    configs, applied = variant.configs(classes, profile, log)
+    _check_labels(classes, profile, configs)
     if data_path is not None and len(datasets) != 1:
         raise OptionError("--data-path is the directory of one dataset: name that dataset "
                           "with --datasets NAME")
@@ -397,7 +437,7 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
             cell_dir = (out / "cells" / _slug(d) / (s + negatives_suffix(negatives))
                         / _slug(name) / f"seed-{seed}")
             task = _task(protos[(d, s)], manifests[(d, s)], name, classes[name], profile, seed,
-                         workdir, label, token)
+                         workdir, label, token, config=configs[name], overrides=applied[name])
             if not force and (cached := _cached(cell_dir, task.key, protos[(d, s)],
                                                 log)) is not None:
                 done[n] = cached
@@ -416,7 +456,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
         ranked = sorted(classes, key=lambda n: registry.rank(classes[n]))
         run = TableRun(label, profile, out,
                        [done[n] for n in sorted(done) if grid[n][3] not in failed],
-                       failures, [registry.label_for(classes[n], profile) for n in ranked],
+                       failures, [registry.label_for(classes[n], profile, configs[n])
+                                  for n in ranked],
                        left_out=left_out)
         if render is not None and run.results:
             run.paths = render(run)

@@ -83,6 +83,8 @@ class ArtifactBuilder:
                                               data.titles, self.workdir)
             self.enc = Encoder(self.backbone.tokenizer(), chat=self.backbone.chat)
             self.info["backbone"] = self.backbone.label
+            if sha := self.config["backbone"].get("sha256"):  # pinned (molorec.backbone.pin)
+                self.info["backbone_sha256"] = sha
             self._seconds("backbone", t0)
         return self.backbone
 

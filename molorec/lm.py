@@ -8,6 +8,11 @@ soft-capping, logit scaling) is applied. Two things are changed, both exactly:
   answer tokens), never as a full-sequence x vocabulary tensor, and optionally only on a
   subset of the vocabulary. The projection module is swapped for the duration of one
   forward; the post-projection ops are elementwise, so the kept logits are the model's.
+  With `fp32` (every score that enters a ranking, molorec.ranking) those rows are
+  projected in float32, autocast off, whatever the model's dtype: bf16 logits hold 8
+  significant bits, so on a bf16 backbone the 30 logit(Yes) - logit(No) of a user took
+  2-3 distinct values (0.15625, 0.1640625), and ties then decided the ranking. Only the
+  scored rows are upcast, so it costs little.
 - `attention_mask`: a custom (packed) attention pattern is handed to the model per layer
   type, so sliding-window layers keep their window (a single 4D mask would silently
   give them full attention). A layer type we cannot express is refused, not guessed.
@@ -47,32 +52,57 @@ def _head_attr(model: nn.Module) -> str:
     raise UnsupportedModel(f"{type(model).__name__} has no output projection child module")
 
 
+FP32_CHUNK_BYTES = 1 << 28  # the float32 copy of the head's weight is made in slices
+
+
+def _linear_fp32(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+                 ) -> torch.Tensor:
+    """h @ weight.T + bias in float32, autocast off, the weight upcast a slice of rows
+    at a time (a 150k x 3584 bf16 head would need 2 GB at once)."""
+    with torch.autocast(h.device.type, enabled=False):
+        h = h.float()
+        step = max(1, FP32_CHUNK_BYTES // (4 * weight.shape[1]))
+        parts = [nn.functional.linear(
+            h, weight[i:i + step].float(),
+            None if bias is None else bias[i:i + step].float())
+            for i in range(0, weight.shape[0], step)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+
 class _HeadAt(nn.Module):
     """The output projection applied to `rows` of the flattened hidden states only, and
-    to the `vocab` rows of its weight only (None: all)."""
+    to the `vocab` rows of its weight only (None: all); in float32 with `fp32`."""
 
-    def __init__(self, head: nn.Module, rows: torch.Tensor, vocab: torch.Tensor | None):
+    def __init__(self, head: nn.Module, rows: torch.Tensor, vocab: torch.Tensor | None,
+                 fp32: bool = False):
         super().__init__()
-        self.head, self.rows, self.vocab = head, rows, vocab
+        self.head, self.rows, self.vocab, self.fp32 = head, rows, vocab, fp32
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         h = hidden.reshape(-1, hidden.shape[-1])[self.rows]
-        if self.vocab is None:
+        if self.vocab is None and not self.fp32:
             return self.head(h)
-        weight = self.head.weight[self.vocab]
-        bias = None if self.head.bias is None else self.head.bias[self.vocab]
+        if not isinstance(getattr(self.head, "weight", None), torch.Tensor):
+            raise UnsupportedModel(f"the output projection {type(self.head).__name__} has no "
+                                   "weight matrix to project selected rows with")
+        weight, bias = self.head.weight, getattr(self.head, "bias", None)
+        if self.vocab is not None:
+            weight = weight[self.vocab]
+            bias = None if bias is None else bias[self.vocab]
+        if self.fp32:
+            return _linear_fp32(h, weight, bias)
         return nn.functional.linear(h.to(weight.dtype), weight, bias)
 
 
 @contextlib.contextmanager
-def head_at(model: nn.Module, rows: torch.Tensor, vocab: torch.Tensor | None = None
-            ) -> Iterator[None]:
+def head_at(model: nn.Module, rows: torch.Tensor, vocab: torch.Tensor | None = None,
+            fp32: bool = False) -> Iterator[None]:
     """Within the block, `model(...).logits` is (len(rows), vocab) for the flattened
-    (batch * time) positions `rows`."""
+    (batch * time) positions `rows` (float32 with `fp32`)."""
     base = base_model(model)
     attr = _head_attr(base)
     head = getattr(base, attr)
-    setattr(base, attr, _HeadAt(head, rows, vocab))
+    setattr(base, attr, _HeadAt(head, rows, vocab, fp32))
     try:
         yield
     finally:
@@ -80,9 +110,10 @@ def head_at(model: nn.Module, rows: torch.Tensor, vocab: torch.Tensor | None = N
 
 
 def logits_at(model: nn.Module, rows: torch.Tensor, vocab: torch.Tensor | None = None,
-              **inputs) -> tuple[torch.Tensor, object]:
-    """(logits at `rows`, the model output) of one forward of `model(**inputs)`."""
-    with head_at(model, rows, vocab):
+              *, fp32: bool = False, **inputs) -> tuple[torch.Tensor, object]:
+    """(logits at `rows`, the model output) of one forward of `model(**inputs)`; `fp32`:
+    projected in float32 (scores that enter a ranking)."""
+    with head_at(model, rows, vocab, fp32):
         out = model(**inputs)
     return out.logits, out
 

@@ -56,8 +56,8 @@ def prefill(model, ids: Sequence[int], vocab: torch.Tensor | None = None):
     device = device_of(model)
     cache = new_cache()
     rows = torch.tensor([len(ids) - 1], device=device)
-    logits, out = logits_at(model, rows, vocab, input_ids=torch.tensor([list(ids)],
-                                                                       device=device),
+    logits, out = logits_at(model, rows, vocab, fp32=True,
+                            input_ids=torch.tensor([list(ids)], device=device),
                             use_cache=True, **{cache_kw(model): cache})
     return logits[0].float(), cache
 
@@ -95,7 +95,8 @@ def _packed(model, prompt: Sequence[int], seqs: Sequence[Sequence[int]],
     ids, pos_t, allow = _layout(prompt, seqs)
     mask = custom_mask(model, allow, pos_t, pos_t, dtype)
     keep = torch.as_tensor([p + r for r in rows], dtype=torch.long, device=device)
-    logits, _ = logits_at(model, keep, vocab, input_ids=torch.tensor([ids], device=device),
+    logits, _ = logits_at(model, keep, vocab, fp32=True,
+                          input_ids=torch.tensor([ids], device=device),
                           attention_mask=mask, position_ids=pos_t[None].to(device))
     return logits
 
@@ -119,7 +120,8 @@ def _batched(model, cache, prompt_len: int, seqs: Sequence[Sequence[int]],
                                       device=device), mask], dim=1)
     pos = torch.arange(prompt_len, prompt_len + ids.shape[1], device=device)
     rows = torch.nonzero(mask.reshape(-1), as_tuple=True)[0]
-    logits, _ = logits_at(model, rows, vocab, input_ids=ids, attention_mask=full_mask,
+    logits, _ = logits_at(model, rows, vocab, fp32=True, input_ids=ids,
+                          attention_mask=full_mask,
                           position_ids=pos.unsqueeze(0).expand(len(seqs), -1),
                           use_cache=True, **{cache_kw(model): cache})
     return logits
@@ -173,7 +175,7 @@ def answer_logprobs_naive(model, prompt: Sequence[int], answers: Sequence[Sequen
     for j, a in enumerate(answers):
         x = torch.tensor([list(prompt) + list(a)], device=device)
         rows = torch.arange(len(prompt) - 1, len(prompt) + len(a) - 1, device=device)
-        logits, _ = logits_at(model, rows, vocab, input_ids=x)
+        logits, _ = logits_at(model, rows, vocab, fp32=True, input_ids=x)
         logp = torch.log_softmax(logits.float(), -1)
         tgt = _columns(a, index, device)
         total[j] = float(logp.gather(-1, tgt[:, None]).double().sum())
@@ -230,7 +232,7 @@ def yes_no_scores_batch(model, requests: Sequence[tuple[Sequence[int], Sequence[
                  for st, x in zip(_starts(suffixes), suffixes, strict=True)]
     mask = custom_mask(model, allow, pos_t, pos_t, dtype)
     pair = torch.tensor([yes, no], device=device)
-    logits, _ = logits_at(model, torch.tensor(keep, device=device), pair,
+    logits, _ = logits_at(model, torch.tensor(keep, device=device), pair, fp32=True,
                           input_ids=ids_t.to(device), attention_mask=mask,
                           position_ids=pos_t.to(device))
     diff = (logits[:, 0].float() - logits[:, 1].float()).double().cpu().numpy()
@@ -250,7 +252,7 @@ def greedy_decode(model, prompt: Sequence[int], max_new: int, eos: int) -> list[
         out.append(tok)
         if step == max_new - 1:
             break
-        logits, _ = logits_at(model, torch.tensor([0], device=device), None,
+        logits, _ = logits_at(model, torch.tensor([0], device=device), None, fp32=True,
                               input_ids=torch.tensor([[tok]], device=device),
                               use_cache=True, **{cache_kw(model): cache})
         last = logits[0].float()

@@ -71,6 +71,22 @@ class _LLMSystem(System):
         self.titles: dict[str, str] = {}
         self.vocab: torch.Tensor | None = None
 
+    @classmethod
+    def configure(cls, config: dict[str, Any], backbone: str | None = None,
+                  backbone_label: str | None = None) -> dict[str, Any]:
+        """`--backbone` replaces the profile's backbone; either way the model is found
+        and its sha256 pinned into the config (molorec.backbone.pin), so the cell key
+        covers the weights, not only the settings."""
+        from molorec import backbone as B
+
+        cfg = dict(config)
+        if backbone is not None:
+            cfg["backbone"] = B.from_option(backbone, backbone_label, cfg["backbone"])
+        elif backbone_label is not None:
+            cfg["backbone"] = {**cfg["backbone"], "label": backbone_label}
+        cfg["backbone"] = B.pin(cfg["backbone"], env=backbone is None)
+        return cfg
+
     @property
     def enc(self):
         return self.artifacts.enc
@@ -210,6 +226,8 @@ class _LLMSystem(System):
                            if self.vocab_mode == "titles" else ""),
                "generate": "generate mode: greedy decoding parsed against the candidate "
                            "titles; an answer naming no candidate is a miss"}[self.mode]
+        if sha := self.info.get("backbone_sha256"):
+            backend = f"weights sha256 {sha[:12]}, {backend}"
         return (f"LLM rows run on {self.info.get('backbone', '?')} ({backend}) and rank the "
                 f"candidates in {how}; TALLRec by logit(Yes) - logit(No)")
 

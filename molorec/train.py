@@ -26,20 +26,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--system", action="append", default=None,
                     help="MoLoRec, MoLoRec-G, MoLoRec-S, TALLRec (repeatable; default all)")
+    ap.add_argument("--backbone", metavar="MODEL",
+                    help="as `bench run --backbone` (give the table run the same)")
+    ap.add_argument("--set", action="append", dest="overrides", metavar="SYSTEM.PATH=VALUE",
+                    help="as `bench run --set` (give the table run the same)")
     args = ap.parse_args(argv)
 
     from accelerate import PartialState
 
     from bench import registry
+    from bench.runner import Variant
     from protocols.files import load_protocol
 
     proto = load_protocol(args.protocol)
     state = PartialState()
-    for name in args.system or ["MoLoRec-G", "MoLoRec-S", "MoLoRec", "TALLRec"]:
-        cls = registry.resolve(name)
+    names = args.system or ["MoLoRec-G", "MoLoRec-S", "MoLoRec", "TALLRec"]
+    classes = {registry.canonical(n, args.profile): registry.resolve(n, args.profile)
+               for n in names}
+    # the configs the table run computes, so the artifacts are the ones it looks for
+    configs, _ = Variant(args.backbone, None, tuple(args.overrides or ())).configs(
+        classes, args.profile)
+    for name, cls in classes.items():
         if not hasattr(cls, "train_artifacts"):
             raise SystemExit(f"{name} is not a molorec system")
-        system = cls(cls.config_for(args.profile), args.seed, args.workdir)
+        system = cls(configs[name], args.seed, args.workdir)
         system.train_artifacts(proto.data)
         if state.is_main_process:
             print(json.dumps({"system": name, "artifacts": system.describe().get("adapters", {})},

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bench import outdir, registry
+from bench import outdir, overrides, registry
 from bench.results import CellResult
 from bench.runner import TableRun, left_out_path, run_table
 from bench.stored import finished_cells, stored_failures
@@ -34,7 +34,25 @@ def caption_notes(results: Sequence[CellResult]) -> list[str]:
         for n in note if isinstance(note, list) else [note]:
             if n and str(n) not in notes:
                 notes.append(str(n))
+    changed = {r.system: r.meta["overrides"] for r in results if r.meta.get("overrides")}
+    if (note := overrides.caption_note(changed)) is not None:
+        notes.append(note)
     return notes
+
+
+def check_one_backbone(results: Sequence[CellResult], table: str) -> None:
+    """A table never mixes cells of two backbones: the LLM rows' configs must name one
+    model (by its sha256 where pinned, else by the whole backbone config)."""
+    seen: dict[str, str] = {}
+    for r in results:
+        bb = (r.meta.get("config") or {}).get("backbone")
+        if isinstance(bb, dict):
+            ident = str(bb.get("sha256") or sorted(bb.items()))
+            seen.setdefault(ident, f"{bb.get('label', '?')} ({r.system} on {r.dataset})")
+    if len(seen) > 1:
+        raise OutputError(f"table {table!r} would mix cells of {len(seen)} backbones: "
+                          f"{'; '.join(seen.values())}; rerun its LLM rows with one "
+                          "--backbone (or write to another --out)")
 
 
 def failure_note(failures: Iterable[tuple[str, str]]) -> str:
@@ -67,6 +85,7 @@ def stored_left_out(out: Path, table: str, log: Callable[[str], None]) -> dict[s
 
 def render_run(run: TableRun, reference: str | None = None) -> dict[str, Path]:
     """Write the files of a table run (`bench.runner.run_table(render=...)`)."""
+    check_one_backbone(run.results, run.table)
     notes = caption_notes(run.results)
     if run.left_out:
         notes.append(left_out_note(run.left_out))
@@ -127,6 +146,7 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
                 f"and were not reported failed: {'; '.join(lost)}. Rerun `python -m bench run "
                 f"--table {base}{how} --out {out}` to compute them (finished cells are "
                 f"reused), or delete {out / t}.json to tabulate only the stored cells")
+        check_one_backbone(chosen, t)
         plans.append((t, failed, chosen))
     written = []
     for t, failed, chosen in plans:

@@ -10,6 +10,21 @@ from protocols.build import build_protocol
 torch.set_num_threads(1)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _hash_cache(tmp_path_factory):
+    """Remembered model hashes (bench.identity) go to a test directory, not ~/.cache."""
+    import os
+
+    path = tmp_path_factory.getbasetemp() / "file-sha256.json"
+    old = os.environ.get("MOLOREC_HASH_CACHE")
+    os.environ["MOLOREC_HASH_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MOLOREC_HASH_CACHE", None)
+    else:
+        os.environ["MOLOREC_HASH_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def smoke_warm_serial(tmp_path_factory):
     """The smoke warm table with every default system, serial: (out, TableRun). Shared by

@@ -12,6 +12,7 @@ from molorec import backbone as B
 from molorec import gguf
 from molorec.backends import AnswerRequest, backend_class
 from molorec.template import Encoder
+from protocols.digest import file_sha256
 
 
 def test_kinds_are_registered_and_unknown_kinds_get_a_suggestion(tmp_path):
@@ -32,7 +33,7 @@ def test_gguf_sources_fail_with_what_to_do(tmp_path, monkeypatch):
     local.write_bytes(b"not really a gguf")
     monkeypatch.setenv("MOLOREC_GGUF_PATH", str(local))  # the environment wins
     src = gguf.resolve_source({"file": "elsewhere.gguf"}, tmp_path)
-    assert src.path == local and src.sha256 == gguf.file_sha256(local)
+    assert src.path == local and src.sha256 == file_sha256(local)
 
 
 @pytest.fixture(scope="module")

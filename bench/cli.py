@@ -214,8 +214,12 @@ def _parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="datasets").add_subparsers(
         dest="action", required=True, metavar="ACTION")
-    d = data.add_parser("download", help="download a dataset (needs internet)")
-    d.add_argument("name", help="ml-1m, ml-10m, amazon2014-<Category>, ...")
+    d = data.add_parser("download", help="download a dataset, or every dataset a profile "
+                        "reads (needs internet)")
+    d.add_argument("name", nargs="?", help="ml-1m, ml-10m, amazon2014-<Category>, ...")
+    d.add_argument("--profile", choices=list(profiles.PROFILES),
+                   help="every dataset the profile's tables read, their general corpora\n"
+                        "included (paper: 13 datasets); instead of NAME")
     d.add_argument("--dest", help="default: $MOLOREC_BENCH_DATA or ~/.cache/molorec-bench/data")
     d.add_argument("--timeout", type=float, default=60.0,
                    help="seconds to wait for the server at each step (default 60)")
@@ -327,12 +331,19 @@ def _cmd_protocol(a: argparse.Namespace) -> int:
 
 
 def _cmd_data(a: argparse.Namespace) -> int:
-    from protocols.datasets import data_home
+    from protocols.datasets import data_home, downloadable
     from protocols.download import download_dataset
+    from protocols.errors import OptionError
 
-    path = download_dataset(a.name, Path(a.dest) if a.dest else data_home(),
-                            base_url=a.base_url, timeout=a.timeout)
-    print(f"downloaded {a.name} to {path}")
+    if (a.name is None) == (a.profile is None):
+        raise OptionError("data download: give a dataset NAME or --profile PROFILE")
+    names = [a.name] if a.name else profiles.get(a.profile).datasets_to_download(downloadable())
+    if not names:
+        print(f"the {a.profile} profile reads only embedded data: nothing to download")
+    for name in names:
+        path = download_dataset(name, Path(a.dest) if a.dest else data_home(),
+                                base_url=a.base_url, timeout=a.timeout)
+        print(f"downloaded {name} to {path}")
     return 0
 
 

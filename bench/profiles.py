@@ -9,7 +9,7 @@ specs (protocols.settings), which systems exist by the registry.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bench.registry import BUILTIN
@@ -61,6 +61,14 @@ class Profile:
 
     def datasets_for(self, table: str) -> tuple[str, ...]:
         return tuple(self.table_datasets.get(table, self.datasets))
+
+    def datasets_to_download(self, downloadable: Sequence[str]) -> list[str]:
+        """Every dataset this profile's tables read, general corpora included, that
+        `bench data download` fetches (embedded ones need nothing), in a stable order."""
+        wanted = [*self.datasets, *(d for ds in self.table_datasets.values() for d in ds),
+                  *(d for ds in self.general_from.values() for d in ds)]
+        known = set(downloadable)
+        return [d for d in dict.fromkeys(wanted) if d in known]
 
 
 # The paper's domain-general corpora (its Section 4.1.1 and Table 4): the Amazon 2014

@@ -274,3 +274,20 @@ def test_extraction_never_replaces_a_hand_placed_copy(server, tmp_path, monkeypa
     (folder / "toy" / "notes.txt").write_text("mine")
     download_dataset("toy", tmp_path, base_url=base, progress=False)
     assert (folder / "toy" / "notes.txt").read_text() == "mine"
+
+
+def test_a_profile_downloads_every_dataset_its_tables_read(tmp_path, monkeypatch, capsys):
+    """`data download --profile paper`: the four targets and the nine general corpora."""
+    from bench.cli import main
+    from bench.profiles import AMAZON_GENERAL
+
+    got = []
+    monkeypatch.setattr(dl, "download_dataset",
+                        lambda name, dest, **kw: got.append(name) or dest / name)
+    assert main(["data", "download", "--profile", "paper", "--dest", str(tmp_path)]) == 0
+    assert len(got) == 13 and len(set(got)) == 13
+    assert {"ml-1m", "ml-10m", "amazon2014-Beauty", *AMAZON_GENERAL} <= set(got)
+    assert main(["data", "download", "--profile", "cpu", "--dest", str(tmp_path)]) == 0
+    assert "nothing to download" in capsys.readouterr().out and len(got) == 13
+    assert main(["data", "download", "--dest", str(tmp_path)]) == 2
+    assert "give a dataset NAME or --profile" in capsys.readouterr().err

@@ -110,7 +110,18 @@ def _unknown(o: Override, who: str, configs: Sequence[Mapping[str, Any]]) -> Opt
     known = sorted({p for c in configs for p in leaf_paths(c)})
     close = difflib.get_close_matches(o.dotted, known, n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    return OptionError(f"--set {o.text}: {who} has no setting {o.dotted!r}{hint}")
+    return OptionError(f"--set {o.text}: {who} {o.dotted!r}{hint}")
+
+
+def _profile_configs(profile: str) -> list[Mapping[str, Any]]:
+    """The `profile` configs of every registered system (those that have one)."""
+    out = []
+    for name in registry.available():
+        try:
+            out.append(registry.resolve(name, profile).config_for(profile))
+        except (KeyError, LookupError, ImportError):
+            continue
+    return out
 
 
 def apply(texts: Sequence[str], configs: Mapping[str, dict[str, Any]], profile: str,
@@ -126,14 +137,18 @@ def apply(texts: Sequence[str], configs: Mapping[str, dict[str, Any]], profile: 
         if o.system == ALL:
             targets = [n for n in out if _has(out[n], o.path)]
             if not targets:
-                raise _unknown(o, "no system of this run", list(out.values()))
+                others = _profile_configs(profile)
+                if any(_has(c, o.path) for c in others):  # a setting of systems not run here
+                    log(f"--set {text}: no system of this run has {o.dotted}; ignored")
+                    continue
+                raise _unknown(o, "no system has a setting", list(out.values()) + others)
         else:
             name = registry.canonical(o.system, profile)
             if name not in out:
                 log(f"--set {text}: {name} is not a system of this run; ignored")
                 continue
             if not _has(out[name], o.path):
-                raise _unknown(o, f"{name} (profile {profile})", [out[name]])
+                raise _unknown(o, f"{name} (profile {profile}) has no setting", [out[name]])
             targets = [name]
         for n in targets:
             out[n] = _assign(out[n], o, n)

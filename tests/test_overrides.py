@@ -86,7 +86,7 @@ def test_unknown_settings_are_errors_with_the_closest_names(tunable, tmp_path):
     out = tmp_path / "never"
     cases = {"Tunable.train.epoch=1": "Tunable \\(profile smoke\\) has no setting "
                                       "'train.epoch'; did you mean 'train.epochs'",
-             "*.traim.lr=1": "no system of this run has no setting|did you mean 'train.lr'",
+             "*.traim.lr=1": "no system has a setting 'traim.lr'; did you mean 'train.lr'",
              "Tunable.train.epochs=one": "is a number",
              "Tunable.train.lr=[1, \"x\"]": "is a number",
              "Tunable.flag=1": "true or false",

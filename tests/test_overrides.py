@@ -125,3 +125,15 @@ def test_cli_set_error_is_one_line_exit_2(tmp_path):
     assert r.stderr.strip().count("\n") == 0
     assert "did you mean 'specific.train.epochs'" in r.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_star_setting_of_systems_outside_the_run_is_ignored_with_a_note():
+    """One `--set` list for several tables: `*.epochs` names SASRec's setting, so a run of
+    Random and Pop alone notes it and goes on; a setting no system has is an error."""
+    said = []
+    configs = {n: registry.resolve(n, "smoke").config_for("smoke") for n in ("Random", "Pop")}
+    new, applied = O.apply(["*.epochs=1"], configs, "smoke", log=said.append)
+    assert new == configs and applied == {"Random": {}, "Pop": {}}
+    assert said == ["--set *.epochs=1: no system of this run has epochs; ignored"]
+    with pytest.raises(OptionError, match="no system has a setting 'epochz'"):
+        O.apply(["*.epochz=1"], configs, "smoke", log=said.append)

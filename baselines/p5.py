@@ -219,17 +219,23 @@ class P5(System):
 
     def _samples(self, seqs: Sequence[UserSequence], rng: np.random.Generator
                  ) -> list[tuple[list[int], list[int], list[int]]]:
-        """(prompt ids, whole-word ids, answer ids + EOS) for up to per_user targets each."""
+        """(prompt ids, whole-word ids, answer ids + EOS) for up to per_user targets each
+        (of a few-shot share, those it kept)."""
         net, cfg = self.net, self.config
         out = []
         for s in seqs:
-            pos = [t for t in s.target_positions() if 1 <= t < len(s.items)]
+            # drawn among every position, as in the full setting, then only the positions a
+            # few-shot share kept: p% of the full setting's samples, nested
+            pos = list(range(1, len(s.items)))
             if not pos:
                 continue
+            share = None if s.targets is None else set(s.targets)
             for t in sorted(rng.choice(pos, min(cfg["per_user"], len(pos)), replace=False)):
+                template = int(rng.integers(len(TEMPLATES)))
+                if share is not None and t not in share:
+                    continue
                 hist = [self.item_code[i] for i in s.items[max(0, t - cfg["max_hist"]):t]]
-                ids, ww = net.prompt(int(rng.integers(len(TEMPLATES))),
-                                     self.user_code[s.user], hist)
+                ids, ww = net.prompt(template, self.user_code[s.user], hist)
                 answer = net.tok.ident(self.item_code[s.items[t]]) + [net.tok.eos_id]
                 out.append((ids, ww, answer))
         return out

@@ -181,15 +181,19 @@ def sample_pairs(seqs: Sequence[UserSequence], vocab: ItemVocab, per_user: int,
                  max_items: int, rng: np.random.Generator
                  ) -> tuple[list[list[int]], np.ndarray]:
     """Up to `per_user` (history most recent first, next item) samples per sequence,
-    drawn among its allowed target positions."""
+    drawn among all its positions as in the full setting; of a few-shot share, only the
+    positions it kept (p% of the full setting's samples, nested)."""
     hists, targets = [], []
     for s in seqs:
         rows = vocab.rows(s.items)
-        pos = [t for t in s.target_positions() if 1 <= t < len(rows)]
+        pos = list(range(1, len(rows)))
         if not pos:
             continue
+        share = None if s.targets is None else set(s.targets)
         pick = rng.choice(pos, size=min(per_user, len(pos)), replace=False)
         for t in sorted(pick.tolist()):
+            if share is not None and t not in share:
+                continue
             hists.append(rows[max(0, t - max_items):t][::-1])
             targets.append(rows[t])
     return hists, np.asarray(targets, dtype=np.int64)

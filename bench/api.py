@@ -75,6 +75,9 @@ class System(ABC):
     multithreaded: ClassVar[bool] = False
     # True: on a Dask cluster whose workers offer a `GPU` resource, each cell takes one
     uses_gpu: ClassVar[bool] = False
+    # raise when a code change moves this system's numbers: its cells computed before are
+    # then not reused (part of the cell key once past 1)
+    version: ClassVar[int] = 1
     # True: cheap enough to rank every item per user (`--negatives all` tables)
     full_ranking: ClassVar[bool] = False
     full_ranking_reason: ClassVar[str] = "it does not declare full-ranking support"

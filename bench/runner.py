@@ -70,6 +70,10 @@ def _stale(root: Path, dataset: str, setting: str, seed: int, options: ProtocolO
         return "built from other data (the source files' sha256 differ)"
     if have.get("general_source", {}) != general:
         return "built from another general corpus (its source files' sha256 differ)"
+    if general and have.get("general_overlap_rule", 1) != general_corpus.OVERLAP_RULE:
+        return (f"its general corpus had the overlap removed by rule version "
+                f"{have.get('general_overlap_rule', 1)}, this run needs version "
+                f"{general_corpus.OVERLAP_RULE}")
     files = have.get("files") or {}
     for name in protocol_files(have):
         if not (root / name).is_file() or file_sha256(root / name) != files.get(name):
@@ -107,14 +111,16 @@ def cell_key(system_cls: type[System], config: dict, seed: int, manifest: dict,
     """Hash of everything that determines a cell's numbers. `config` is the one the cell
     runs with (System.configure: `--backbone` applied and model files pinned by sha256,
     `--set` applied); `overrides`, the `--set` changes, are named too, so that a cell
-    is stated with the settings it was asked for. The split's code version enters only
-    once it is past 1, so cells of unchanged settings keep their keys."""
+    is stated with the settings it was asked for. The split's and the system's code
+    versions enter only once past 1, so cells of unchanged code keep their keys."""
     version = manifest.get("split_version", 1)
+    code = getattr(system_cls, "version", 1)
     return digest({
         "format": CELL_FORMAT, "system": system_cls.name,
         "class": f"{system_cls.__module__}:{system_cls.__qualname__}",
         "config": config, "seed": seed, "protocol_files": manifest["files"],
         **({"split_version": version} if version != 1 else {}),
+        **({"code_version": code} if code != 1 else {}),
         **({"overrides": dict(overrides)} if overrides else {}),
     })
 

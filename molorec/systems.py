@@ -356,6 +356,8 @@ class MoLoRec(_MoLoRecBase):
     name: ClassVar[str] = "MoLoRec"
     profiles = PROFILES["molorec"]
     lora_ranks: ClassVar[int] = 2
+    # 2: the entropy stopping rule scores the theta after the last step and can keep it
+    version: ClassVar[int] = 2
 
     def train_artifacts(self, data: TrainData) -> dict[str, Any]:
         arts = super().train_artifacts(data)

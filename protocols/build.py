@@ -231,6 +231,7 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
     if external is not None:
         manifest["general_source"] = general_hashes(opts, general_paths)
         manifest["general_sources"] = external.per_source
+        manifest["general_overlap_rule"] = general_corpus.OVERLAP_RULE
     with atomic_dir(out, check=check_protocol_out) as tmp:
         for name in texts:
             (tmp / name).write_text(texts[name], encoding="utf-8")

@@ -15,8 +15,9 @@ repeated pairs, chronological order, `max_users`, k-core), then the overlap is r
   number each dataset's users separately, so an equal id there is another person);
 - users, by behaviour, whatever the ids: a source user who shares at least
   `min(SHARED_EVENTS, ceil(half the shorter history))` identical (title, timestamp)
-  events with one target user is that person (a rating given to the same film in the
-  same second, five times over, is no coincidence; see `same_people`).
+  events with one target user, and at least MIN_SHARED_EVENTS, is that person (a rating
+  given to the same film in the same second, five times over, is no coincidence; see
+  `same_people`).
 
 Every removal is counted for the manifest, and a corpus left with fewer than
 `MIN_GENERAL_USERS` users is an error naming the sources and the counts. Users become
@@ -39,6 +40,10 @@ from protocols.errors import OptionError, ProtocolError
 from protocols.interactions import Interactions
 
 SHARED_EVENTS = 5  # identical (title, timestamp) events that make two users one person
+MIN_SHARED_EVENTS = 3  # never fewer, whatever the histories' length (a --kcore below 5)
+# versions the overlap removal (2: by id within one id space, by behaviour always); a
+# protocol with a `--general-from` corpus built by another version is rebuilt
+OVERLAP_RULE = 2
 MIN_GENERAL_USERS = 10  # fewer users left: an overlap or path mistake, not a corpus
 
 
@@ -86,8 +91,10 @@ def same_people(source: Interactions, source_items: np.ndarray, target: Interact
                 min_shared: int = SHARED_EVENTS) -> np.ndarray:
     """For each source user, whether they are a target user by behaviour: they share at
     least `min(min_shared, ceil(n / 2))` identical (item, timestamp) events with one
-    target user, n the shorter of the two histories. `source_items[c]` is source item
-    c's id in the target's id space (a target item with its title), else any other id."""
+    target user, n the shorter of the two histories, and never fewer than
+    MIN_SHARED_EVENTS (two reviewers of one product on the same day are no proof).
+    `source_items[c]` is source item c's id in the target's id space (a target item with
+    its title), else any other id."""
     import pandas as pd
 
     n_src = len(source.user_ids)
@@ -105,7 +112,7 @@ def same_people(source: Interactions, source_items: np.ndarray, target: Interact
     tu = pairs.index.get_level_values("tu").to_numpy()
     shorter = np.minimum(np.bincount(source.user, minlength=n_src)[su],
                          np.bincount(target.user, minlength=len(target.user_ids))[tu])
-    need = np.minimum(min_shared, np.ceil(shorter / 2))
+    need = np.clip(np.ceil(shorter / 2), MIN_SHARED_EVENTS, min_shared)
     found[su[pairs.to_numpy() >= need]] = True
     return found
 

@@ -22,20 +22,22 @@ from protocols.registry import did_you_mean, suggest
 from protocols.stats import paired_ttest
 
 
-def timings(out: Path) -> dict[tuple[str, str, str, int], dict[str, float]]:
-    """(dataset, setting, system, seed) -> the runner's timing.json of that cell."""
+def timings(out: Path) -> dict[tuple[str, str, str, str, int], dict[str, float]]:
+    """(table, dataset, setting, system, seed) -> the runner's timing.json of that cell
+    (the table, since one --out holds a table at several candidate counts)."""
     found = {}
     for cell in sorted(Path(out).glob("cells/*/*/*/seed-*/cell.json")):
         timing = cell.parent / "timing.json"
         if timing.is_file():
             m = json.loads(cell.read_text(encoding="utf-8"))
-            found[(m["dataset"], m["setting"], m["system"], int(m["seed"]))] = json.loads(
+            key = (m.get("table", ""), m["dataset"], m["setting"], m["system"], int(m["seed"]))
+            found[key] = json.loads(
                 timing.read_text(encoding="utf-8"))
     return found
 
 
 def compare(cells: Sequence[CellResult], against: str, metrics: Sequence[str],
-            seconds: dict[tuple[str, str, str, int], dict[str, float]] | None = None
+            seconds: dict[tuple[str, str, str, str, int], dict[str, float]] | None = None
             ) -> list[dict[str, Any]]:
     """One row per cell of the (dataset, setting, seed) blocks that hold `against`: the
     mean of each metric and the two-sided paired t-test p-value against `against` on the
@@ -69,7 +71,7 @@ def compare(cells: Sequence[CellResult], against: str, metrics: Sequence[str],
             row[m] = c.mean(m)
             row[f"p {m}"] = (None if c is ref else
                              paired_ttest(c.values[m], ref.values[m][idx]))
-        t = (seconds or {}).get((c.dataset, c.setting, c.system, c.seed), {})
+        t = (seconds or {}).get((c.table, c.dataset, c.setting, c.system, c.seed), {})
         row["fit_seconds"], row["score_seconds"] = t.get("fit_seconds"), t.get("score_seconds")
         rows.append(row)
     return rows

@@ -30,7 +30,7 @@ from bench.results import CellResult
 from protocols.errors import OutputError
 from protocols.options import DEFAULT_NEGATIVES, FULL, split_suffix
 from protocols.stats import holm, paired_ttest
-from protocols.store import atomic_write_text
+from protocols.store import atomic_write_texts
 from reports.render import escape_latex, escape_markdown
 from reports.tables import REFERENCE_GROUP, TIE_ATOL, Table, build_table
 from reports.tables import _units as paired_units
@@ -344,7 +344,7 @@ def write_report(out: Path, table: str, against: str = "MoLoRec",
     that failed in a count's last run are left out, as `report` does)."""
     from bench import outdir
     from bench.stored import finished_cells, stored_failures
-    from reports.publish import row_order, stored_left_out
+    from reports.publish import check_one_backbone, row_order, stored_left_out
 
     out = Path(out)
     cells = finished_cells(out, log)
@@ -353,14 +353,15 @@ def write_report(out: Path, table: str, against: str = "MoLoRec",
     kept = [c for c in cells if c.table in names
             and c.system not in {f["label"] for f in failed[c.table]}]
     left = {split_suffix(t)[1]: stored_left_out(out, t, log) for t in names}
+    check_one_backbone(kept, f"{table} at every candidate count")
     report = analyse(kept, table, against, order=row_order(kept, []), left_out=left)
     texts = {"md": to_markdown(report), "tex": to_latex(report),
              "json": json.dumps(report, indent=2, default=str) + "\n"}
     paths: dict[str, Path] = {}
     with outdir.locked(out):
-        for kind, text in texts.items():
+        for kind in texts:
             paths[kind] = out / f"{table}.robustness.{kind}"
-            atomic_write_text(paths[kind], text)
+        atomic_write_texts({paths[kind]: text for kind, text in texts.items()})
         for kind, path in plot_ranks(report, out / "figures", f"{table}-robustness").items():
             paths[f"figure_{kind}"] = path
     return paths

@@ -49,13 +49,13 @@ def _write_dat(folder: Path, ratings, movies, encoding: str) -> None:
         f"{m}::{title}::Drama\n" for m, title in movies).encode(encoding))
 
 
-def write_movielens(root: Path, seed: int = 0, users: int = 150, items: int = 600,
-                    shared: int = 8) -> dict[int, int]:
+def write_movielens(root: Path, seed: int = 0, users: int = 60, items: int = 450,
+                    shared: int = 4) -> dict[int, int]:
     """ML-1M and ML-10M; returns {ML-1M user: their ML-10M id} for the shared people."""
     rng = np.random.default_rng([seed, 1])
     movies = _movies(items)
-    ml1 = _ratings(rng, range(1, users + 1), items, 30, T0)
-    ml10 = _ratings(rng, range(1, users + 1), items, 20, T0 - 400 * 86_400)
+    ml1 = _ratings(rng, range(1, users + 1), items, 60, T0)
+    ml10 = _ratings(rng, range(1, users + 1), items, 40, T0 - 400 * 86_400)
     people = {}
     for k, u in enumerate(rng.choice(users, shared, replace=False) + 1):
         sid = users + 1 + k
@@ -99,11 +99,12 @@ def write_paper_data(root: Path, seed: int = 0) -> Path:
     general corpora included), under `root` (use it as $MOLOREC_BENCH_DATA)."""
     root = Path(root)
     write_movielens(root, seed)
-    reviewers = [f"A{n:013d}" for n in range(450)]
-    write_amazon(root, "Beauty", seed, 150, 600, 30, reviewers[:150], {})
+    reviewers = [f"A{n:013d}" for n in range(200)]
+    write_amazon(root, "Beauty", seed, 60, 450, 60, reviewers[:60], {})
     for k, full in enumerate(AMAZON_GENERAL):
         cat = full.split("-", 1)[1]
-        # 2 Beauty reviewers in each general category (removed by id); 40 others
-        who = reviewers[2 * k:2 * k + 2] + reviewers[150 + 30 * k:150 + 30 * k + 40]
-        write_amazon(root, cat, seed, 42, 60, 8, who, {})
+        # 2 Beauty reviewers in each general category (removed by id); 18 others, some
+        # of them in two categories
+        who = reviewers[2 * k:2 * k + 2] + reviewers[60 + 12 * k:60 + 12 * k + 18]
+        write_amazon(root, cat, seed, 20, 30, 10, who, {})
     return root

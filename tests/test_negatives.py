@@ -201,3 +201,23 @@ def test_full_ranking_leaves_out_systems_without_support(tmp_path):
     assert not (out / "warm.md").exists()
     with pytest.raises(OptionError, match="full-ranking support"):
         run_table("warm", "smoke", out, systems=["P5"], negatives="all", log=lambda s: None)
+
+
+def test_compare_keeps_each_counts_timings_apart(tmp_path):
+    """One --out with warm and warm-n99: compare's seconds are each table's own cells'."""
+    from reports.compare import compare, timings
+
+    out = tmp_path / "run"
+    for n in (None, 99):
+        publish_table("warm", "smoke", out, systems=["Pop", "Random"], negatives=n,
+                      log=lambda s: None, jobs=1)
+    seen = timings(out)
+    assert {k[0] for k in seen} == {"warm", "warm-n99"}
+    # a distinct fit time in each table's Pop cell, then compare reads each one's
+    for table, seconds in (("warm", 11.0), ("warm-n99", 99.0)):
+        seen[(table, "ml-100k", "warm", "Pop", 0)]["fit_seconds"] = seconds
+    from bench.stored import finished_cells
+
+    rows = compare(finished_cells(out, lambda s: None), "Random", ["NDCG@1"], seen)
+    pop = {r["table"]: r["fit_seconds"] for r in rows if r["system"] == "Pop"}
+    assert pop == {"warm": 11.0, "warm-n99": 99.0}

@@ -52,8 +52,8 @@ def test_a_user_the_reference_did_not_score_is_refused():
 def test_timings_are_read_from_each_cell_directory(tmp_path):
     d = tmp_path / "cells" / "ml-100k" / "warm" / "Pop" / "seed-0"
     d.mkdir(parents=True)
-    (d / "cell.json").write_text(json.dumps({"dataset": "ml-100k", "setting": "warm",
-                                             "system": "Pop", "seed": 0}))
+    (d / "cell.json").write_text(json.dumps({"table": "warm", "dataset": "ml-100k",
+                                             "setting": "warm", "system": "Pop", "seed": 0}))
     (d / "timing.json").write_text(json.dumps({"fit_seconds": 1.5, "score_seconds": 2.0}))
     t = timings(tmp_path)
     rows = compare([cell("Pop", ["a", "b"], [1, 0])], "Pop", ["NDCG@1"], t)

@@ -18,7 +18,7 @@ from molorec.artifacts import ArtifactBuilder
 from molorec.backbone import train_tokenizer
 from molorec.finetune2 import SecondFinetune
 from molorec.instructions import kept
-from molorec.systems import MoLoRecS, TALLRec
+from molorec.systems import MoLoRec, MoLoRecS, TALLRec
 from protocols.build import build_protocol
 from protocols.errors import ProtocolError
 from protocols.files import load_protocol, read_jsonl
@@ -106,6 +106,30 @@ def test_an_old_protocol_is_rebuilt_and_the_run_says_why(tmp_path):
     old = cell_key(TALLRec, {}, 0, {"files": files})
     assert cell_key(TALLRec, {}, 0, {"files": files, "split_version": 1}) == old  # warm
     assert cell_key(TALLRec, {}, 0, {"files": files, "split_version": 2}) != old
+    # MoLoRec's entropy rule changed (version 2): its cells are not reused
+    assert MoLoRec.version == 2 and TALLRec.version == 1
+
+    class Before(MoLoRec):
+        version = 1
+
+    Before.__qualname__ = MoLoRec.__qualname__
+    assert cell_key(MoLoRec, {}, 0, {"files": files}) != cell_key(Before, {}, 0,
+                                                                  {"files": files})
+
+
+def test_a_corpus_built_by_the_old_overlap_rule_is_rebuilt(tmp_path):
+    tgt, src, _ = _ml_pair(tmp_path)
+    opts = ProtocolOptions(kcore=2, general_from=("ml-10m",))
+    kw = {"data_path": tgt, "general_paths": {"ml-10m": str(src)}}
+    root = ensure_protocol(tmp_path / "out", "ml-1m", "warm", 0, opts, log=lambda s: None, **kw)
+    mpath = root / "manifest.json"
+    m = json.loads(mpath.read_text())
+    assert m["general_overlap_rule"] == 2
+    del m["general_overlap_rule"]  # as the id-only rule wrote it
+    mpath.write_text(json.dumps(m))
+    said = []
+    ensure_protocol(tmp_path / "out", "ml-1m", "warm", 0, opts, log=said.append, **kw)
+    assert said and "overlap removed by rule version 1" in said[0], said
 
 
 # -- (b) few-shot shares of what each system trains on ------------------------------------
@@ -148,6 +172,33 @@ def test_fewshot_trains_on_its_share_of_the_full_settings_examples(fewshot_data,
         assert set(got) <= before  # a subset of warm's examples
     shares = [set(examples(f"fewshot-{p}")[0]) for p in SHARES]
     assert shares[0] <= shares[1] <= shares[2]
+
+
+def test_recformer_samples_a_share_of_its_full_setting_samples():
+    """RecFormer draws `per_user` positions per user: of a few-shot share only those the
+    share kept, among the very draws of the full setting (a cap drawn after the share
+    would bind at every share)."""
+    from baselines._textseq import ItemVocab
+    from baselines.recformer import sample_pairs
+    from bench.api import UserSequence
+
+    rng = np.random.default_rng(0)
+    items = [str(i) for i in range(300)]
+    seqs = [tuple(rng.choice(items, 30, replace=False)) for _ in range(400)]
+    vocab = ItemVocab({i: f"Film {i}" for i in items})
+    keys = rng.random((400, 30))
+
+    def pairs(share):
+        data = [UserSequence(f"u{n}", s, None if share is None else tuple(
+            t for t in range(1, 30) if keys[n, t] < share)) for n, s in enumerate(seqs)]
+        hists, targets = sample_pairs(data, vocab, 2, 10, np.random.default_rng(1))
+        return {(tuple(h), int(t)) for h, t in zip(hists, targets, strict=True)}
+
+    full = pairs(None)
+    shares = [pairs(p) for p in (0.1, 0.2, 0.3)]
+    assert shares[0] <= shares[1] <= shares[2] <= full
+    for p, got in zip((0.1, 0.2, 0.3), shares, strict=True):
+        assert abs(len(got) / len(full) - p) < 0.05, (p, len(got), len(full))
 
 
 # -- (c) cross-dataset overlap found by behaviour -----------------------------------------

@@ -55,3 +55,25 @@ def write_atomic_dataset(root, inter_lines, item_lines, name="toy"):
     (root / f"{name}.item").write_text(
         "item_id:token\ttitle:token_seq\n" + "".join(line + "\n" for line in item_lines))
     return root
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory):
+    """A finished smoke warm table of Random and Pop (each test module builds its own)."""
+    from reports.publish import publish_table
+
+    out = tmp_path_factory.mktemp("cells") / "run"
+    publish_table("warm", "smoke", out, systems=["Random", "Pop"], log=lambda s: None)
+    return out
+
+
+@pytest.fixture()
+def run_dir(pristine, tmp_path):
+    """A copy of `pristine` a test may damage (its cells record the original protocol
+    path; the layout finds the copy's)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(pristine, out)
+    return out
+

@@ -4,7 +4,6 @@ A damaged cell is named (report refuses it, run recomputes it), never tabulated.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -12,24 +11,9 @@ from bench.cli import main
 from bench.results import DamagedCell, load_cell
 from bench.runner import run_table
 from bench.stored import DamagedCells
-from reports.publish import publish_table, rebuild
+from reports.publish import rebuild
 
 QUIET = {"log": lambda s: None}
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cells") / "run"
-    publish_table("warm", "smoke", out, systems=["Random", "Pop"], **QUIET)
-    return out
-
-
-@pytest.fixture()
-def run_dir(pristine, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(pristine, out)
-    # the copy's cells record the original protocol path; the layout finds the copy's
-    return out
 
 
 def _cell(out, system="Pop"):

@@ -26,26 +26,11 @@ from bench.runner import run_table
 from protocols.datasets import canonical_sources
 from protocols.download import resolve_name
 from protocols.errors import OptionError
-from reports.publish import publish_table
 
 QUIET = {"log": lambda s: None}
 ROOT = Path(__file__).resolve().parents[1]
 INTERRUPTED = "interrupted: finished cells are kept; rerun the same command to resume"
 TABLE_FILES = ("warm.md", "warm.tex", "warm.standalone.tex", "warm.json")
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    out = tmp_path_factory.mktemp("reliability") / "run"
-    publish_table("warm", "smoke", out, systems=["Random", "Pop"], **QUIET)
-    return out
-
-
-@pytest.fixture()
-def run_dir(pristine, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(pristine, out)
-    return out
 
 
 def _cell(out: Path, system: str = "Pop") -> Path:

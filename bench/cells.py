@@ -244,6 +244,7 @@ def _compute(task: CellTask, protocol: LocalProtocol | ProtocolBundle) -> CellOu
                            "(System.full_ranking); it cannot run on a --negatives all protocol")
     _prepare(task.seed, getattr(task.cls, "multithreaded", False))
     system = task.cls(task.config, task.seed, task.workdir)
+    gpu = _reset_gpu_peak()
     try:
         t0 = time.perf_counter()
         system.fit(proto.data, proto.valid)
@@ -284,8 +285,26 @@ def _compute(task: CellTask, protocol: LocalProtocol | ProtocolBundle) -> CellOu
     texts["timing.json"] = json.dumps(
         {"fit_seconds": round(t1 - t0, 3), "score_seconds": round(t2 - t1, 3),
          "host": socket.gethostname(), "worker": _worker_name(),
-         "start": round(start, 3), "end": round(time.time(), 3)})
+         "start": round(start, 3), "end": round(time.time(), 3),
+         **({"peak_gpu_gib": round(_gpu_peak_gib(), 3)} if gpu else {})})
     return CellOutput(texts)
+
+
+def _reset_gpu_peak() -> bool:
+    """Start counting this process's peak GPU memory (torch's allocator) for a cell;
+    False without CUDA (nothing is recorded then)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return False
+    torch.cuda.reset_peak_memory_stats()
+    return True
+
+
+def _gpu_peak_gib() -> float:
+    import torch
+
+    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def _worker_name() -> str | None:

@@ -187,6 +187,28 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--seed", type=int, help="default: the lowest seed run")
     exp.add_argument("--backbone", metavar="MODEL", help=BACKBONE_FIND_HELP)
 
+    gpu = sub.add_parser(
+        "gpu-check", formatter_class=argparse.RawTextHelpFormatter,
+        help="the paper profile's LLM rows on a small ML-1M slice: is this GPU machine "
+             "ready, and how many GPU-hours will the paper's tables take?",
+        description="Runs the warm table of MovieLens-1M on the paper profile's settings, "
+                    "USERS seeded users per part (the\ngeneral corpus is the other part), one "
+                    "seed, every LLM row, on --backbone; then, where vLLM is\ninstalled, "
+                    "compares the zero-shot row's hf and vLLM scores. Needs: the backbone and "
+                    "ML-1M's raw\nfiles (`bench data download ml-1m`, or --data-path). Writes "
+                    "OUT/gpu-check.md: per row fit and score\nseconds, users per second, peak "
+                    "GPU memory, projected GPU-hours of the paper's tables.\nRefuses without "
+                    "a CUDA GPU unless --cpu.")
+    gpu.add_argument("--backbone", metavar="MODEL", help=BACKBONE_HELP)
+    gpu.add_argument("--out", default="runs/gpu-check", help="results directory (cache)")
+    gpu.add_argument("--users", type=int, default=200, help="users per part (default 200)")
+    gpu.add_argument("--data-path", help="ML-1M's folder (default: the downloaded one)")
+    gpu.add_argument("--systems", type=_csv, help="comma-separated (default: every LLM row)")
+    gpu.add_argument("--set", action="append", dest="overrides", metavar="SYSTEM.PATH=VALUE",
+                     help="as for `run`")
+    gpu.add_argument("--cpu", action="store_true",
+                     help="run the slice on the CPU when there is no GPU (slow)")
+
     proto = sub.add_parser("protocol", help="protocol files").add_subparsers(
         dest="action", required=True, metavar="ACTION")
     b = proto.add_parser("build", help="write the split and the candidate files")
@@ -302,6 +324,17 @@ def _cmd_robustness(a: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gpu_check(a: argparse.Namespace) -> int:
+    from bench.gpu_check import LLM_ROWS, gpu_check
+
+    text, path = gpu_check(a.backbone, Path(a.out), users=a.users, cpu=a.cpu,
+                           data_path=a.data_path, systems=a.systems or LLM_ROWS,
+                           overrides=a.overrides or (), log=_warn)
+    print(text)
+    print(f"wrote {path}")
+    return 0
+
+
 def _cmd_list(_: argparse.Namespace) -> int:
     from bench import registry
 
@@ -369,7 +402,8 @@ def _cmd_explain(a: argparse.Namespace) -> int:
 COMMANDS = {"run": _cmd_run, "report": _cmd_report, "compare": _cmd_compare,
             "list-systems": _cmd_list,
             "protocol": _cmd_protocol, "data": _cmd_data, "figures": _cmd_figures,
-            "explain": _cmd_explain, "robustness": _cmd_robustness}
+            "explain": _cmd_explain, "robustness": _cmd_robustness,
+            "gpu-check": _cmd_gpu_check}
 
 
 def _output(a: argparse.Namespace) -> tuple[str | None, str | None]:

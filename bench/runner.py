@@ -361,7 +361,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
               keep_going: bool = True, render: Renderer | None = None,
               general_from: Sequence[str] | None = None, jobs: int | None = None,
               scheduler: str | None = None, retries: int = RETRIES,
-              negatives: int | str | None = None, variant: Variant = Variant()) -> TableRun:
+              negatives: int | str | None = None, variant: Variant = Variant(),
+              max_users: int | None = None) -> TableRun:
     """Run (or load from cache) every cell of a table.
 
     Options are checked before anything is written. `out` must be absent, empty or a
@@ -380,7 +381,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     table and its setting directories are then named with protocols.options'
     `negatives_suffix` (warm-n99).
     `variant`: `--backbone` and `--set` (Variant); the configs they give are computed
-    (and the backbone found and hashed) before anything is written."""
+    (and the backbone found and hashed) before anything is written. `max_users`: a seeded
+    user subsample per part instead of the profile's (ProtocolOptions.max_users)."""
     tables = settings.tables()
     if table not in tables:
         raise OptionError(f"unknown table {table!r}; use one of {', '.join(tables)}")
@@ -405,7 +407,8 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     given = (canonical_sources(*general_corpus.parse(general_from))
              if general_from is not None else None)
     general = {d: given or (prof.general_from.get(d, ()), {}) for d in datasets}
-    options = {d: replace(prof.protocol, general_from=general[d][0], negatives=negatives)
+    options = {d: replace(prof.protocol, general_from=general[d][0], negatives=negatives,
+                          max_users=max_users or prof.protocol.max_users)
                for d in datasets}
     for d, opts in options.items():
         opts.check()

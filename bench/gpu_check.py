@@ -96,14 +96,13 @@ def gpu_check(backbone: str | None, out: Path, *, users: int = 200, cpu: bool = 
               overrides: Sequence[str] = (), log: Callable[[str], None] = print
               ) -> tuple[str, Path]:
     """Run the slice and write OUT/gpu-check.md; returns (its Markdown, its path)."""
-    from bench.runner import Variant
-    from reports.publish import publish_table
+    from bench.runner import Variant, run_table
 
     if isinstance(users, bool) or not isinstance(users, int) or users < 10:
         raise OptionError(f"--users must be an integer >= 10, got {users!r}")
     _check_gpu(cpu)
     out = Path(out)
-    run = publish_table("warm", "paper", out, datasets=["ml-1m"], systems=list(systems),
+    run = run_table("warm", "paper", out, datasets=["ml-1m"], systems=list(systems),
                         seeds=[0], data_path=data_path, general_from=[], jobs=1,
                         max_users=users, log=log, variant=Variant(backbone,
                                                                   overrides=tuple(overrides)))

@@ -139,6 +139,19 @@ def test_entropy_learning_lowers_entropy():
         learn_entropy(mix, prompts, k=3, lr=0.3, epochs=1, batch_size=6, eos=0, seed=0)
 
 
+def _record_starts(monkeypatch, mix: Mixture) -> list:
+    """Theta before every optimizer step (one step per epoch here: each epoch's start)."""
+    starts: list = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        starts.append([t.detach().clone() for t in mix.thetas()])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    return starts
+
+
 def test_the_stopping_rule_keeps_the_lowest_entropy_theta(monkeypatch):
     """With a step far too large the entropy rises again; the label-free stopping rule
     stops there, scores the theta after the last step too, and returns theta as it was
@@ -153,14 +166,7 @@ def test_the_stopping_rule_keeps_the_lowest_entropy_theta(monkeypatch):
     assert rises, hist  # this step size overshoots: the test needs a rise to stop at
 
     stopped = Mixture(copy.deepcopy(base), [a, b])
-    thetas = []
-    real_step = torch.optim.Adam.step
-
-    def recording_step(self, *args, **kwargs):  # theta at the start of every epoch
-        thetas.append([t.detach().clone() for t in stopped.thetas()])
-        return real_step(self, *args, **kwargs)
-
-    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    thetas = _record_starts(monkeypatch, stopped)
     short = learn_entropy(stopped, prompts, k=3, lr=5.0, epochs=6, batch_size=6, eos=0,
                           seed=0, stop_on_rise=True)
     assert short[:-1] == hist[:rises[0] + 1]  # same trajectory, cut at the first rise
@@ -168,3 +174,24 @@ def test_the_stopping_rule_keeps_the_lowest_entropy_theta(monkeypatch):
     assert best < len(short) - 1  # an epoch's start, not the overshooting last step
     for got, want in zip(stopped.thetas(), thetas[best], strict=True):
         assert torch.equal(got.detach(), want)
+
+
+def test_the_stopping_rule_keeps_the_last_step_when_it_is_best(monkeypatch):
+    """With a small step the entropy falls in every epoch: the theta after the last step
+    has the lowest entropy and is the one kept (the rule used to restore the theta some
+    epoch started from, so the last step never survived; issue 28)."""
+    from molorec.mixture import mean_entropy
+
+    base = _base()
+    a, _ = _random_adapter(base, "general", 1)
+    b, _ = _random_adapter(base, "specific", 2)
+    prompts = [list(np.random.default_rng(s).integers(1, 200, 12)) for s in range(6)]
+    mix = Mixture(copy.deepcopy(base), [a, b])
+    starts = _record_starts(monkeypatch, mix)
+    hist = learn_entropy(mix, prompts, k=3, lr=0.3, epochs=3, batch_size=6, eos=0, seed=0,
+                         stop_on_rise=True)
+    # 3 epochs, then the theta after the last step, scored: the lowest
+    assert len(hist) == 4 and int(np.argmin(hist)) == 3, hist
+    assert mean_entropy(mix, prompts, k=3, eos=0, batch_size=6) == pytest.approx(hist[-1])
+    assert not all(torch.equal(t.detach(), s) for t, s in zip(mix.thetas(), starts[-1],
+                                                              strict=True))

@@ -1,6 +1,6 @@
 """Tables that mean what their captions say: the cold split in time order, few-shot
-shares of what each system trains on, cross-dataset overlap found by behaviour, and the
-entropy rule able to keep its last step."""
+shares of what each system trains on, and cross-dataset overlap found by behaviour (the
+entropy rule's last step: tests/test_molorec_mixture.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 
 from bench.runner import cell_key, ensure_protocol
 from molorec import template as T
@@ -266,36 +265,3 @@ def test_an_empty_general_corpus_is_an_error(tmp_path):
         build_protocol("ml-1m", "warm", 0, tmp_path / "p", data_path=tgt, kcore=2,
                        general_from=("ml-10m",), general_paths={"ml-10m": copy_dir})
     assert not (tmp_path / "p").exists()
-
-
-# -- (d) the entropy rule can keep its last step -------------------------------------------
-
-
-def test_the_stopping_rule_keeps_the_last_step_when_it_is_best():
-    """With a small step the entropy falls in every epoch: the theta after the last step
-    has the lowest entropy and is the one kept (the rule used to restore the theta some
-    epoch started from, so the last step never survived)."""
-    from molorec.mixture import Mixture, learn_entropy, mean_entropy
-    from tests.test_molorec_mixture import _base, _random_adapter
-
-    base = _base()
-    a, _ = _random_adapter(base, "general", 1)
-    b, _ = _random_adapter(base, "specific", 2)
-    prompts = [list(np.random.default_rng(s).integers(1, 200, 12)) for s in range(6)]
-    mix = Mixture(copy.deepcopy(base), [a, b])
-    starts = []
-    real_step = torch.optim.Adam.step
-
-    def recording_step(self, *args, **kwargs):  # theta at the start of every epoch
-        starts.append([t.detach().clone() for t in mix.thetas()])
-        return real_step(self, *args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(torch.optim.Adam, "step", recording_step)
-        hist = learn_entropy(mix, prompts, k=3, lr=0.3, epochs=3, batch_size=6, eos=0,
-                             seed=0, stop_on_rise=True)
-    # 3 epochs, then the theta after the last step, scored: the lowest
-    assert len(hist) == 4 and int(np.argmin(hist)) == 3, hist
-    assert mean_entropy(mix, prompts, k=3, eos=0, batch_size=6) == pytest.approx(hist[-1])
-    assert not all(torch.equal(t.detach(), s) for t, s in zip(mix.thetas(), starts[-1],
-                                                              strict=True))

@@ -267,6 +267,8 @@ def _cmd_run(a: argparse.Namespace) -> int:
     for kind, path in res.paths.items():
         print(f"wrote {kind}: {path}")
     print(f"wall time: {res.seconds:.0f} s")
+    for key, why in res.not_built.items():
+        _warn(f"error: {key}: not built, its cells are left out of the table: {why}")
     if res.failures:
         shown = "the table above has the rows that finished" if res.paths else "no table"
         _warn(f"error: {len(res.failures)} cell(s) failed ({shown}; failed rows are marked):")
@@ -275,7 +277,7 @@ def _cmd_run(a: argparse.Namespace) -> int:
         _warn(f"tracebacks: {failures_path(Path(a.out), res.table)}; fix the system and rerun "
               "(finished cells are reused)")
         return 1
-    return 0
+    return 1 if res.not_built else 0
 
 
 def _cmd_report(a: argparse.Namespace) -> int:

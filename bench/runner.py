@@ -10,6 +10,7 @@ Layout under OUT:
   cells/<dataset>/<setting>/<system>/seed-<n>/  scores.jsonl, metrics.jsonl, cell.json
   cache/                                      artifacts systems share (protocols.store)
   <table>.failures.json                       the last run's failed cells
+  <table>.not_built.json                      settings whose protocol could not be built
 At another candidate count than the default (`negatives`), <setting> and <table> carry
 a suffix (warm-n99, warm-nall: protocols.options.negatives_suffix), so the tables of
 several counts live side by side and the default's paths are unchanged.
@@ -34,7 +35,7 @@ from protocols import general_corpus, settings
 from protocols.build import build_protocol, general_hashes, source_hashes
 from protocols.datasets import canonical, canonical_sources, source_root
 from protocols.digest import digest, file_sha256
-from protocols.errors import HarnessError, OptionError, OutputError
+from protocols.errors import HarnessError, OptionError, OutputError, SettingInfeasible
 from protocols.files import overlapping, protocol_files
 from protocols.options import FULL, ProtocolOptions, negatives_suffix
 from protocols.store import atomic_dir, atomic_write_text
@@ -250,6 +251,7 @@ class TableRun:
     seconds: float = 0.0
     paths: dict[str, Path] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)  # full ranking: label -> why
+    not_built: dict[str, str] = field(default_factory=dict)  # "dataset/setting" -> why
     markdown: str = ""
 
 
@@ -354,6 +356,21 @@ def _record_left_out(out: Path, table: str, left_out: dict[str, str]) -> None:
         path.unlink()
 
 
+def not_built_path(out: Path, table: str) -> Path:
+    return Path(out) / f"{table}.not_built.json"
+
+
+def _record_not_built(out: Path, table: str, not_built: dict[str, str]) -> None:
+    """OUT/<table>.not_built.json: the settings of the last run whose protocol could not
+    be built on this data, and why (`report` states them in the caption); removed when
+    every setting was built."""
+    path = not_built_path(out, table)
+    if not_built:
+        atomic_write_text(path, json.dumps(not_built, indent=2) + "\n")
+    elif path.exists():
+        path.unlink()
+
+
 def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default",
               datasets: Sequence[str] | None = None, systems: Sequence[str] | None = None,
               seeds: Sequence[int] | None = None, force: bool = False,
@@ -380,6 +397,10 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     listed in `TableRun.left_out` and OUT/<table>.left_out.json, for the caption); the
     table and its setting directories are then named with protocols.options'
     `negatives_suffix` (warm-n99).
+    A setting that cannot be built on valid data (protocols.errors.SettingInfeasible: a
+    cold pool too small for the candidate count) is left out of a table of several
+    settings, its reason in `TableRun.not_built` and OUT/<table>.not_built.json, and the
+    other settings' cells go on; when no setting can be built the first error is raised.
     `variant`: `--backbone` and `--set` (Variant); the configs they give are computed
     (and the backbone found and hashed) before anything is written. `max_users`: a seeded
     user subsample per part instead of the profile's (ProtocolOptions.max_users)."""
@@ -427,19 +448,27 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
     executor = make_executor(jobs, scheduler, retries, prof.local_jobs())
     t0 = time.perf_counter()
     with executor, outdir.locked(out):
-        protos = {}
+        protos, infeasible = {}, {}
         for d in datasets:
             sources = source_hashes(d, data_path)
             for s in tables[table]:
-                protos[(d, s)] = ensure_protocol(out, d, s, prof.protocol_seed, options[d],
-                                                 data_path, force=force, sources=sources,
-                                                 general_paths=general[d][1], log=log)
+                try:
+                    protos[(d, s)] = ensure_protocol(
+                        out, d, s, prof.protocol_seed, options[d], data_path, force=force,
+                        sources=sources, general_paths=general[d][1], log=log)
+                except SettingInfeasible as e:
+                    infeasible[(d, s)] = e
+        if infeasible and not protos:
+            raise next(iter(infeasible.values()))
+        not_built = {f"{d}/{s}": str(e) for (d, s), e in infeasible.items()}
+        for key, why in not_built.items():
+            log(f"the {key} protocol cannot be built; its cells are left out: {why}")
         workdir = (out / "cache").resolve()
         workdir.mkdir(parents=True, exist_ok=True)
         token = executor.prepare(workdir)
         manifests = {k: json.loads((p / "manifest.json").read_text()) for k, p in protos.items()}
         grid = [(d, s, seed, name) for d in datasets for s in tables[table]
-                for seed in seeds for name in classes]
+                if (d, s) in protos for seed in seeds for name in classes]
         todo: list[tuple[int, CellTask, Path]] = []
         done: dict[int, CellResult] = {}
         for n, (d, s, seed, name) in enumerate(grid):
@@ -461,13 +490,14 @@ def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default"
         failures = _compute(executor, todo, len(grid), done, keep_going, out, label, log)
         _record_failures(out, label, failures)
         _record_left_out(out, label, left_out)
+        _record_not_built(out, label, not_built)
         failed = {f.system for f in failures}
         ranked = sorted(classes, key=lambda n: registry.rank(classes[n]))
         run = TableRun(label, profile, out,
                        [done[n] for n in sorted(done) if grid[n][3] not in failed],
                        failures, [registry.label_for(classes[n], profile, configs[n])
                                   for n in ranked],
-                       left_out=left_out)
+                       left_out=left_out, not_built=not_built)
         if render is not None and run.results:
             run.paths = render(run)
             run.markdown = run.paths["md"].read_text() if "md" in run.paths else ""

@@ -86,6 +86,10 @@ COMMON: dict[str, dict[str, Any]] = {
         "ranking": {"mode": "score", "length_norm": "mean", "sharing": "batch",
                     "max_new_tokens": 64, "backend": "auto",
                     "vllm": {"gpu_memory_utilization": 0.6}},
+        # choices on every validation user; the rows that choose nothing (zero-shot,
+        # MoLoRec-G) skip the validation pass they would only report (on ML-1M: 6,040
+        # users x 30 candidates on the 7B model, for a number no choice reads)
+        "selection": {"report_valid": False},
         "lora": LORA,
         "general": {"max_targets_per_user": 10,
                     "train": {"epochs": 2, "lr": 2e-4, "batch_size": 128,

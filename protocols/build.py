@@ -21,7 +21,7 @@ import numpy as np
 from protocols import filtering, general_corpus, settings, splits
 from protocols.datasets import load_dataset, source_files, source_root
 from protocols.digest import file_sha256
-from protocols.errors import OptionError, OutputError, ProtocolError
+from protocols.errors import OptionError, OutputError, ProtocolError, SettingInfeasible
 from protocols.files import (
     FILES,
     POOL_FILE,
@@ -178,7 +178,7 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         negs[name] = candidate_rows(rng, part.positives, neg)
     if opts.full_ranking:
         if len(split.test.pool) < 2:
-            raise ProtocolError(f"the test pool has {len(split.test.pool)} item(s); full "
+            raise SettingInfeasible(f"the test pool has {len(split.test.pool)} item(s); full "
                                 "ranking needs at least 2")
         negs["test"] = np.asarray(split.test.pool)[None, :]  # titles: every pool item
 

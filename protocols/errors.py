@@ -22,6 +22,12 @@ class ProtocolError(HarnessError, ValueError):
         super().__init__(where + message)
 
 
+class SettingInfeasible(ProtocolError):
+    """Valid data on which one setting cannot be built (a cold pool or a user's negative
+    pool too small for the candidate count): a table of several settings fails only that
+    setting's cells (bench.runner), not the whole run."""
+
+
 class OptionError(HarnessError, ValueError):
     """An option value outside its range (checked before any work starts)."""
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from protocols.errors import ProtocolError
+from protocols.errors import SettingInfeasible
 from protocols.options import ProtocolOptions
 
 
@@ -53,7 +53,7 @@ def candidate_negatives(
     short = np.flatnonzero(avail < k)
     if len(short):
         who = user_names[users[short[0]]] if user_names is not None else users[short[0]]
-        raise ProtocolError(
+        raise SettingInfeasible(
             f"only {avail[short[0]]} items in the negative pool (of {len(pool)}) are unseen by "
             f"user {who}; {k} negatives are needed ({len(short)} users affected)")
     # draws per row: enough for k survivors with a margin, rounded up to a power of two

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from protocols.errors import ProtocolError
+from protocols.errors import ProtocolError, SettingInfeasible
 from protocols.filtering import user_bounds
 from protocols.interactions import Interactions
 from protocols.options import ProtocolOptions
@@ -132,7 +132,7 @@ def cold(inter: Interactions, fraction: float, seed: int,
     n_items = len(inter.item_ids)
     n_cold = int(round(fraction * n_items))
     if n_cold < k + 1:
-        raise ProtocolError(
+        raise SettingInfeasible(
             f"cold pool too small: {n_cold} cold items ({fraction:.0%} of {n_items}); at least "
             f"{k + 1} are needed for 1 positive + {k} negatives: raise --cold-fraction")
     rng = np.random.default_rng([seed, 104])
@@ -155,7 +155,7 @@ def cold(inter: Interactions, fraction: float, seed: int,
     np.maximum.at(test_event, inter.user[eligible], eligible)
     test_users = np.flatnonzero(test_event >= 0)
     if len(test_users) == 0:
-        raise ProtocolError("no user interacted with a cold item after two others: raise "
+        raise SettingInfeasible("no user interacted with a cold item after two others: raise "
                             "--cold-fraction")
     # a test user's events after the positive are left out of everything
     cutoff = np.full(n_users, n)

@@ -16,7 +16,7 @@ from typing import Any
 
 from bench import outdir, overrides, registry
 from bench.results import CellResult
-from bench.runner import TableRun, left_out_path, run_table
+from bench.runner import TableRun, left_out_path, not_built_path, run_table
 from bench.stored import finished_cells, stored_failures
 from protocols import settings
 from protocols.errors import OutputError
@@ -70,17 +70,32 @@ def left_out_note(left_out: dict[str, str]) -> str:
         for label, why in left_out.items()))
 
 
-def stored_left_out(out: Path, table: str, log: Callable[[str], None]) -> dict[str, str]:
-    """The rows the last full-ranking run of `table` left out (OUT/<table>.left_out.json)."""
-    path = left_out_path(out, table)
+def not_built_note(not_built: dict[str, str]) -> str:
+    """The caption's sentence on settings whose protocol could not be built, from
+    "dataset/setting" -> why."""
+    return ("Not built on this data, so not in the table: " + "; ".join(
+        f"{key} ({why[:160]})" for key, why in not_built.items()))
+
+
+def _stored_map(path: Path, what: str, log: Callable[[str], None]) -> dict[str, str]:
     if not path.exists():
         return {}
     try:
         found = json.loads(path.read_text())
         return {str(k): str(v) for k, v in found.items()}
     except (ValueError, AttributeError, OSError) as e:
-        log(f"warning: {path} is not readable ({e}); the caption names no left-out rows")
+        log(f"warning: {path} is not readable ({e}); the caption names no {what}")
         return {}
+
+
+def stored_left_out(out: Path, table: str, log: Callable[[str], None]) -> dict[str, str]:
+    """The rows the last full-ranking run of `table` left out (OUT/<table>.left_out.json)."""
+    return _stored_map(left_out_path(out, table), "left-out rows", log)
+
+
+def stored_not_built(out: Path, table: str, log: Callable[[str], None]) -> dict[str, str]:
+    """The settings the last run of `table` could not build (OUT/<table>.not_built.json)."""
+    return _stored_map(not_built_path(out, table), "settings left unbuilt", log)
 
 
 def render_run(run: TableRun, reference: str | None = None) -> dict[str, Path]:
@@ -89,6 +104,8 @@ def render_run(run: TableRun, reference: str | None = None) -> dict[str, Path]:
     notes = caption_notes(run.results)
     if run.left_out:
         notes.append(left_out_note(run.left_out))
+    if run.not_built:
+        notes.append(not_built_note(run.not_built))
     if run.failures:
         notes.append(failure_note((f.label, f.error) for f in run.failures))
     return render_all(run.results, run.out, run.table, reference=reference, notes=notes,
@@ -153,6 +170,8 @@ def rebuild(out: Path, table: str | None = None, reference: str | None = None,
         notes = caption_notes(chosen)
         if left := stored_left_out(out, t, log):
             notes.append(left_out_note(left))
+        if unbuilt := stored_not_built(out, t, log):
+            notes.append(not_built_note(unbuilt))
         if failed:
             notes.append(failure_note((f["label"], f["error"]) for f in failed))
         written.append(render_all(chosen, out, t, reference=reference, notes=notes,

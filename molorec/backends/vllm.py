@@ -99,6 +99,11 @@ class VLLMBackend(LLMBackend):
             "seed": 0, "enable_prefix_caching": True, "max_model_len": max_model_len}
         if self.device == "cpu":
             kw.update(CPU_DEFAULTS)
+        if backbone.dtype != "float32":
+            # the output head in float32 (vLLM >= 0.32 for generation models), as the hf
+            # backend projects the scored rows: bf16 logits near 20 are multiples of
+            # 0.125, and TALLRec's 30 logit(Yes) - logit(No) collapsed to 2 or 3 values
+            kw["hf_overrides"] = {"head_dtype": "float32"}
         if max_lora_rank > 0:
             kw.update(enable_lora=True, max_loras=1, max_lora_rank=lora_slot(max_lora_rank))
         kw.update(engine)
@@ -235,6 +240,8 @@ class VLLMBackend(LLMBackend):
     def describe(self) -> dict[str, Any]:
         return {"backend": self.name, "vllm": self.version, "device": self.device,
                 "compute": self.backbone.dtype,
+                "head_dtype": self.engine_args.get("hf_overrides", {}).get(
+                    "head_dtype", self.backbone.dtype),
                 "max_lora_rank": self.engine_args.get("max_lora_rank", 0),
                 "prefix_cache": True}
 

@@ -196,10 +196,12 @@ def analyse(cells: Sequence[CellResult], table: str, against: str = "MoLoRec",
         per = {count_label(n): (None if k not in versus[n] else {
             "winner": versus[n][k].winner, "p_holm": versus[n][k].p_holm,
             "significant": versus[n][k].significant}) for n in counts}
-        same = all(versus[n].get(k) is not None and ref is not None
-                   and versus[n][k].key() == ref.key() for n in counts if k in versus[n])
+        seen = [n for n in counts if k in versus[n]]
+        # a decision made at one count only is not "the same at every count": not compared
+        same = None if ref is None or len(seen) < 2 else all(
+            versus[n][k].key() == ref.key() for n in seen)
         vs_rows.append({"dataset": k[0], "setting": k[1], "metric": k[2], "row": k[3],
-                        "at": per, "same": same and ref is not None})
+                        "at": per, "same": same})
     missing = [count_label(n) for n in counts if not versus[n]]
     return {"table": table, "against": against, "metrics": list(metrics), "alpha": alpha,
             "counts": [count_label(n) for n in counts], "base": count_label(base),
@@ -315,11 +317,14 @@ def plot_ranks(r: dict[str, Any], out_dir: Path, stem: str) -> dict[str, Path]:
     counts, blocks = r["counts"], r["blocks"]
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.5 * len(blocks), 3.6), squeeze=False)
     rows_csv = []
+    # 16 rows outnumber any qualitative palette: 20 colours, then the marker tells apart
+    colours, markers = plt.get_cmap("tab20").colors, "osD^v<>p"
     for ax, b in zip(axes[0], blocks, strict=True):
-        for row in b["rows"]:
+        for k, row in enumerate(b["rows"]):
             ys = [row["values"][c]["rank"] for c in counts]
             xs = [i for i, y in enumerate(ys) if y is not None]
-            ax.plot(xs, [ys[i] for i in xs], marker="o", label=row["system"],
+            ax.plot(xs, [ys[i] for i in xs], marker=markers[k % len(markers)],
+                    color=colours[k % len(colours)], label=row["system"],
                     linestyle="--" if row["group"] == r["reference_group"] else "-")
             rows_csv += [{"dataset": b["dataset"], "setting": b["setting"],
                           "system": row["system"], "count": c, "rank": row["values"][c]["rank"],

@@ -78,6 +78,12 @@ def test_robustness_on_a_constructed_example(tmp_path):
     assert c["at"]["1+99"]["p_holm"] == pytest.approx(2 * raw)
     md, tex = to_markdown(r), to_latex(r)
     assert "| C | A *(p" in md and "| **no** |" in md
+    # a row run at the default count only is compared once: neither "same" nor "changed"
+    only29 = _cell("warm", "E", _example()[0].values["NDCG@1"] - 0.3, 29)
+    e = {(x["metric"], x["row"]): x for x in analyse([*_example(), only29], "warm",
+                                                     against="A")["versus"]}
+    assert e[("NDCG@1", "E")]["at"]["1+99"] is None and e[("NDCG@1", "E")]["same"] is None
+    assert e[("NDCG@1", "B")]["same"] is True
     assert "Kendall's tau-b against the 1+29 ordering: NDCG@1 1+99: 0.667" in md
     assert "\\begin{tabular}" in tex and "0.667" in tex
     paths = plot_ranks(r, tmp_path, "warm-robustness")

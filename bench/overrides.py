@@ -114,12 +114,13 @@ def _unknown(o: Override, who: str, configs: Sequence[Mapping[str, Any]]) -> Opt
 
 
 def _profile_configs(profile: str) -> list[Mapping[str, Any]]:
-    """The `profile` configs of every registered system (those that have one)."""
+    """The `profile` configs of every registered system (those that have one and can be
+    imported here: the vLLM environment has no recbole, so no RecBole rows)."""
     out = []
     for name in registry.available():
         try:
             out.append(registry.resolve(name, profile).config_for(profile))
-        except (KeyError, LookupError, ImportError):
+        except (KeyError, LookupError, ImportError, registry.RegistryError):
             continue
     return out
 

@@ -178,8 +178,8 @@ def build_protocol(dataset: str, setting: str, seed: int, out: str | Path, *,
         negs[name] = candidate_rows(rng, part.positives, neg)
     if opts.full_ranking:
         if len(split.test.pool) < 2:
-            raise SettingInfeasible(f"the test pool has {len(split.test.pool)} item(s); full "
-                                "ranking needs at least 2")
+            raise SettingInfeasible(f"the test pool has {len(split.test.pool)} item(s); "
+                                    "full ranking needs at least 2")
         negs["test"] = np.asarray(split.test.pool)[None, :]  # titles: every pool item
 
     cold_ids = set(target.item_ids[split.cold_items]) if split.cold_items is not None else set()

@@ -155,8 +155,8 @@ def cold(inter: Interactions, fraction: float, seed: int,
     np.maximum.at(test_event, inter.user[eligible], eligible)
     test_users = np.flatnonzero(test_event >= 0)
     if len(test_users) == 0:
-        raise SettingInfeasible("no user interacted with a cold item after two others: raise "
-                            "--cold-fraction")
+        raise SettingInfeasible("no user interacted with a cold item after two others: "
+                                "raise --cold-fraction")
     # a test user's events after the positive are left out of everything
     cutoff = np.full(n_users, n)
     cutoff[test_users] = test_event[test_users]

@@ -319,9 +319,13 @@ def failures_path(out: Path, table: str) -> Path:
 def _record_failures(out: Path, table: str, failures: list[CellFailure]) -> None:
     """OUT/<table>.failures.json lists the last run's failed cells (`report` marks their
     rows); a run without failures removes it."""
-    path = failures_path(out, table)
-    if failures:
-        atomic_write_text(path, json.dumps([vars(f) for f in failures], indent=2) + "\n")
+    _record_json(failures_path(out, table), [vars(f) for f in failures])
+
+
+def _record_json(path: Path, data: list | dict) -> None:
+    """Write `data` to `path` as JSON, or remove `path` when there is nothing to record."""
+    if data:
+        atomic_write_text(path, json.dumps(data, indent=2) + "\n")
     elif path.exists():
         path.unlink()
 
@@ -349,11 +353,7 @@ def left_out_path(out: Path, table: str) -> Path:
 def _record_left_out(out: Path, table: str, left_out: dict[str, str]) -> None:
     """OUT/<table>.left_out.json: the rows a full-ranking run left out and why (`report`
     states them in the caption); removed when none was."""
-    path = left_out_path(out, table)
-    if left_out:
-        atomic_write_text(path, json.dumps(left_out, indent=2) + "\n")
-    elif path.exists():
-        path.unlink()
+    _record_json(left_out_path(out, table), left_out)
 
 
 def not_built_path(out: Path, table: str) -> Path:
@@ -364,11 +364,7 @@ def _record_not_built(out: Path, table: str, not_built: dict[str, str]) -> None:
     """OUT/<table>.not_built.json: the settings of the last run whose protocol could not
     be built on this data, and why (`report` states them in the caption); removed when
     every setting was built."""
-    path = not_built_path(out, table)
-    if not_built:
-        atomic_write_text(path, json.dumps(not_built, indent=2) + "\n")
-    elif path.exists():
-        path.unlink()
+    _record_json(not_built_path(out, table), not_built)
 
 
 def run_table(table: str, profile: str = "cpu", out: str | Path = "runs/default",

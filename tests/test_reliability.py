@@ -226,23 +226,33 @@ class _Sleepy(System):
         return np.zeros((len(requests), 30))
 
 
-def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]], ids=["serial", "two-workers"])
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, jobs):
+    """SIGINT to the driver alone (as `kill -INT` sends it; a terminal's Ctrl-C reaches
+    the workers too): the run stops within seconds, even with a cell busy on a worker."""
     out = tmp_path / "out"
     code = ("import sys; from bench import registry; "
             "registry.BUILTIN['Sleepy'] = 'tests.test_reliability:_Sleepy'; "
             "from bench.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.Popen(
         [sys.executable, "-c", code, "run", "--table", "warm", "--profile", "smoke",
-         "--systems", "Random,Sleepy", "--out", str(out)],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+         "--systems", "Random,Sleepy", "--out", str(out), *jobs],
+        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True)  # no terminal's process group: the driver alone gets it
     try:
         deadline = time.monotonic() + 240
         while not (out / "cache" / "sleepy.started").exists():
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the Sleepy cell never started"
             time.sleep(0.1)
+        while jobs and not (out / "cells" / "ml-100k" / "warm" / "Random" / "seed-0"
+                            / "cell.json").is_file():
+            assert time.monotonic() < deadline, "the Random cell never finished"
+            time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
         _, err = proc.communicate(timeout=60)
+        assert time.monotonic() - sent < 20, "Sleepy's minute in fit held the run"
     finally:
         if proc.poll() is None:
             proc.kill()

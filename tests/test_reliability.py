@@ -231,6 +231,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, jobs):
     """SIGINT to the driver alone (as `kill -INT` sends it; a terminal's Ctrl-C reaches
     the workers too): the run stops within seconds, even with a cell busy on a worker."""
     out = tmp_path / "out"
+    cells = out / "cells" / "ml-100k" / "warm"
     code = ("import sys; from bench import registry; "
             "registry.BUILTIN['Sleepy'] = 'tests.test_reliability:_Sleepy'; "
             "from bench.cli import main; sys.exit(main(sys.argv[1:]))")
@@ -245,8 +246,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, jobs):
             assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the Sleepy cell never started"
             time.sleep(0.1)
-        while jobs and not (out / "cells" / "ml-100k" / "warm" / "Random" / "seed-0"
-                            / "cell.json").is_file():
+        while jobs and not (cells / "Random" / "seed-0" / "cell.json").is_file():
+            assert proc.poll() is None, proc.communicate()
             assert time.monotonic() < deadline, "the Random cell never finished"
             time.sleep(0.1)
         proc.send_signal(signal.SIGINT)
@@ -262,8 +263,8 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, jobs):
     said = [line for line in err.splitlines()  # all but the progress bars' lines
             if line.strip() and not re.search(r"\d+/\d+ \[|\x1b\[A", line)]
     assert said == [INTERRUPTED], err
-    assert (out / "cells" / "ml-100k" / "warm" / "Random" / "seed-0" / "cell.json").is_file()
-    assert not (out / "cells" / "ml-100k" / "warm" / "Sleepy").exists()
+    assert (cells / "Random" / "seed-0" / "cell.json").is_file()
+    assert not (cells / "Sleepy").exists()
 
 
 # ---------------------------------------------------------------- 5. dataset names in any case

@@ -239,7 +239,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path, jobs):
         [sys.executable, "-c", code, "run", "--table", "warm", "--profile", "smoke",
          "--systems", "Random,Sleepy", "--out", str(out), *jobs],
         cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        start_new_session=True)  # no terminal's process group: the driver alone gets it
+        start_new_session=True,  # no terminal's process group: the driver alone gets it
+        # a test suite started in the background (`tox &`) ignores SIGINT, and a child
+        # inherits that: give the run the default disposition a terminal's command has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 240
         while not (out / "cache" / "sleepy.started").exists():
